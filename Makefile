@@ -1,0 +1,28 @@
+# make demo : set up the environment and run the whole workflow on synthetic data
+# make test : set up the environment and run the test suite (what CI runs)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= all
+
+.PHONY: setup demo test lint report clean
+
+setup:
+	VENV=$(VENV) bash scripts/setup_env.sh
+
+demo: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
+	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
+
+test: setup
+	$(PY) -m pytest -v $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/snakemake --lint --configfile config/config.yaml
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+
+report: setup
+	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
+
+clean:
+	rm -rf results .snakemake

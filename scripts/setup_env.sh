@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment with every pinned
+# package, including mmcv 2.1.0 built with its CPU ops, and the project itself.
+# Idempotent: a stamp file keyed on the requirement files skips work already done.
+#
+#   VENV=.venv (default)   where the environment lives
+#   PYTHON=python3         interpreter used to create it (3.11)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+stamp_key=$(cat requirements/*.txt pyproject.toml scripts/setup_env.sh scripts/build_mmcv_wheel.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.lesioncl-installed-$stamp_key"
+if [ -f "$stamp" ]; then
+    exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+py="$VENV/bin/python"
+pip() { "$py" -m pip --disable-pip-version-check "$@"; }
+
+pip install --quiet --upgrade "pip==25.3" "setuptools==80.9.0" "wheel==0.45.1"
+pip install --quiet -r requirements/base.txt -c requirements/constraints.txt
+# mmcv: our cached build (see scripts/build_mmcv_wheel.sh); then mmengine and
+# mmdet without their declared deps (they ask for opencv-python, which would
+# clash with opencv-python-headless; their real deps are in base.txt).
+mmcv_wheel=$(PYTHON="$py" bash scripts/build_mmcv_wheel.sh)
+pip install --quiet --no-deps "$mmcv_wheel" -r requirements/openmmlab.txt
+pip install --quiet --no-deps --no-build-isolation -e .
+
+if ! "$py" -c "import mmcv.ops, mmdet, mmengine; from mmcv.ops import nms, RoIAlign" ; then
+    echo "ERROR: 'import mmcv.ops' failed: mmcv was installed without its compiled ops." >&2
+    echo "Delete the cached wheel under \${XDG_CACHE_HOME:-~/.cache}/lesioncl/wheels and rerun." >&2
+    exit 1
+fi
+"$py" -m pip check || { echo "ERROR: pip check found broken requirements" >&2; exit 1; }
+rm -f "$VENV"/.lesioncl-installed-*
+touch "$stamp"
+echo "environment ready: $VENV"

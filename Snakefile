@@ -1,0 +1,15 @@
+# Lesion-based contrastive learning for DR grading (MICCAI 2021), reproduced.
+# Run: snakemake --cores all --use-conda   (demo: config/config.yaml)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/eyepacs.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/eyepacs/labels.csv",
+        f"{RESULTS}/eyepacs/crop_manifest.csv",
+        f"{RESULTS}/eyepacs/crop_rejects.csv",
+    default_target: True

@@ -1,0 +1,117 @@
+"""Grading metrics: quadratic weighted kappa, accuracy, confusion matrix, thresholds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+N_LEVELS = 5
+LEVELS = list(range(N_LEVELS))
+# The authors' decoding of a regression output: grade = number of thresholds <= score.
+DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+
+
+def quadratic_kappa(y_true, y_pred) -> float:
+    """Quadratic weighted Cohen's kappa over the five DR levels.
+
+    Returns ``nan`` only in the degenerate case where kappa is undefined (truth and
+    prediction both a single identical level, so there is no expected disagreement).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {y_true.shape}, {y_pred.shape}")
+    if len(y_true) == 0:
+        raise ValueError("kappa of an empty set")
+    if len(np.unique(np.concatenate([y_true, y_pred]))) == 1:
+        return float("nan")
+    return float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=LEVELS))
+
+
+def classification_metrics(y_true, y_pred) -> dict:
+    """Kappa, accuracy and the 5x5 confusion matrix (rows truth, columns prediction)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    kappa = quadratic_kappa(y_true, y_pred)
+    return {
+        "kappa": None if math.isnan(kappa) else kappa,
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LEVELS).tolist(),
+        "n": int(len(y_true)),
+    }
+
+
+def predict_thresholds(scores, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Grades 0-4 from regression scores: the number of thresholds at or below the score.
+
+    With the default thresholds: score < 0.5 -> 0, 0.5 <= score < 1.5 -> 1, ...,
+    score >= 3.5 -> 4 (scores outside [0, 4] are clipped to the end grades).
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (N_LEVELS - 1,) or np.any(np.diff(thresholds) <= 0):
+        raise ValueError(f"need {N_LEVELS - 1} strictly increasing thresholds, got {thresholds.tolist()}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("non-finite regression scores (the model diverged?)")
+    return np.searchsorted(thresholds, scores, side="right").astype(np.int64)
+
+
+def fast_quadratic_kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Quadratic kappa from a bincount confusion matrix (same value as sklearn's, faster)."""
+    observed = np.bincount(y_true * N_LEVELS + y_pred, minlength=N_LEVELS**2).reshape(N_LEVELS, N_LEVELS)
+    observed = observed.astype(np.float64)
+    idx = np.arange(N_LEVELS)
+    weights = (idx[:, None] - idx[None, :]) ** 2 / (N_LEVELS - 1) ** 2
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    denom = float((weights * expected).sum())
+    if denom == 0:
+        return float("nan")
+    return 1.0 - float((weights * observed).sum()) / denom
+
+
+def tune_thresholds(
+    scores,
+    y_true,
+    init: Sequence[float] = DEFAULT_THRESHOLDS,
+    rounds: int = 3,
+    max_candidates: int = 256,
+) -> tuple[np.ndarray, float]:
+    """Thresholds that maximise the quadratic kappa of ``scores`` against ``y_true``.
+
+    Coordinate ascent from ``init``: each threshold in turn is moved to the best of
+    the candidate cut points (midpoints between consecutive distinct scores, thinned
+    to at most ``max_candidates`` evenly spaced in rank) that keep the thresholds
+    strictly increasing; a move is kept only when it raises
+    kappa. The result is therefore monotonic and its kappa is at least that of
+    ``init``. Returns (thresholds, kappa). Tune on validation data only.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    best = np.asarray(init, dtype=np.float64).copy()
+    best_kappa = _kappa_or_minus_inf(y_true, predict_thresholds(scores, best))
+    uniq = np.unique(scores)
+    cuts = (uniq[:-1] + uniq[1:]) / 2 if len(uniq) > 1 else uniq
+    if len(cuts) > max_candidates:
+        cuts = cuts[np.unique(np.linspace(0, len(cuts) - 1, max_candidates).round().astype(int))]
+    for _ in range(rounds):
+        improved = False
+        for i in range(len(best)):
+            lo = best[i - 1] if i > 0 else -np.inf
+            hi = best[i + 1] if i + 1 < len(best) else np.inf
+            for c in cuts[(cuts > lo) & (cuts < hi)]:
+                trial = best.copy()
+                trial[i] = c
+                k = _kappa_or_minus_inf(y_true, predict_thresholds(scores, trial))
+                if k > best_kappa + 1e-12:
+                    best, best_kappa, improved = trial, k, True
+        if not improved:
+            break
+    return best, best_kappa
+
+
+def _kappa_or_minus_inf(y_true, y_pred) -> float:
+    k = fast_quadratic_kappa(y_true, y_pred)
+    return -math.inf if math.isnan(k) else k

@@ -5,6 +5,7 @@
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/eyepacs.smk"
+include: "workflow/rules/idrid.smk"
 
 
 rule all:

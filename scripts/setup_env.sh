@@ -12,7 +12,7 @@ cd "$here"
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-stamp_key=$(cat requirements/*.txt pyproject.toml scripts/setup_env.sh scripts/build_mmcv_wheel.sh | sha256sum | cut -c1-16)
+stamp_key=$(cat requirements/*.txt pyproject.toml scripts/setup_env.sh envs/torch.post-deploy.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.lesioncl-installed-$stamp_key"
 if [ -f "$stamp" ]; then
     exit 0
@@ -24,11 +24,8 @@ pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 
 pip install --quiet --upgrade "pip==25.3" "setuptools==80.9.0" "wheel==0.45.1"
 pip install --quiet -r requirements/base.txt -c requirements/constraints.txt
-# mmcv: our cached build (see scripts/build_mmcv_wheel.sh); then mmengine and
-# mmdet without their declared deps (they ask for opencv-python, which would
-# clash with opencv-python-headless; their real deps are in base.txt).
-mmcv_wheel=$(PYTHON="$py" bash scripts/build_mmcv_wheel.sh)
-pip install --quiet --no-deps "$mmcv_wheel" -r requirements/openmmlab.txt
+# mmcv (cached build with ops), mmengine, mmdet: the same script --use-conda runs.
+FORCE_CUDA=${FORCE_CUDA:-0} PYTHON="$py" bash envs/torch.post-deploy.sh
 pip install --quiet --no-deps --no-build-isolation -e .
 
 if ! "$py" -c "import mmcv.ops, mmdet, mmengine; from mmcv.ops import nms, RoIAlign" ; then

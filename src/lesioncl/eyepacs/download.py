@@ -1,0 +1,423 @@
+"""Downloading the EyePACS competition files with the Kaggle API.
+
+* Credentials are checked *before* the ``kaggle`` package is imported: it
+  authenticates at import time and raises an unhelpful ``OSError`` without them.
+  Without credentials the user gets one message saying exactly what to do.
+* The competition's files are fetched one by one into ``{download_dir}/archives``.
+  A file whose size equals the size the API lists is complete and skipped, so an
+  interrupted download resumes at the file it stopped at; a partial file is
+  fetched again from the start.
+* Every downloaded file is checked against the listed size; the zips are CRC-checked
+  when they are unpacked (:mod:`.archives`).
+* When ``{download_dir}/{competition}.zip`` exists (what ``kaggle competitions
+  download -c diabetic-retinopathy-detection`` leaves: one zip holding all the
+  competition's files) the parts are taken out of it instead, without the network.
+* HTTP 401/403/404 from Kaggle become one clear message each (bad token, rules not
+  accepted, wrong competition name). Other failures (network) propagate, and the
+  Snakemake rule's ``retries:`` starts again, skipping what is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..utils import atomic_path
+from .archives import PART_RE, SINGLE_RE
+from .common import IMAGE_DIRS, LABEL_FILES, EyepacsError
+
+log = logging.getLogger(__name__)
+
+_COPY_BUFFER = 1 << 20
+MANIFEST_NAME = "download_manifest.json"
+
+
+# --------------------------------------------------------------------------- credentials
+@dataclass
+class KaggleCredentials:
+    source: str  # where they were found, for messages
+    username: str | None
+
+
+def kaggle_config_dir(environ: Mapping[str, str] | None = None, home: str | os.PathLike | None = None,
+                      platform: str | None = None) -> Path:
+    """The folder where the kaggle client looks for ``kaggle.json`` (its own rules).
+
+    ``$KAGGLE_CONFIG_DIR``; else ``~/.kaggle``; on Linux, when ``~/.kaggle`` does not
+    exist, ``$XDG_CONFIG_HOME/kaggle`` (default ``~/.config/kaggle``).
+    """
+    env = os.environ if environ is None else environ
+    home = Path(home) if home is not None else Path(env.get("HOME") or Path.home())
+    platform = sys.platform if platform is None else platform
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"])
+    legacy = home / ".kaggle"
+    if platform.startswith("linux") and not legacy.exists():
+        return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    return legacy
+
+
+def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
+                            home: str | os.PathLike | None = None) -> KaggleCredentials | None:
+    """Kaggle credentials from the environment or ``kaggle.json``; None when absent.
+
+    A ``kaggle.json`` that is not JSON with ``username`` and ``key`` is an error.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return KaggleCredentials("the variables KAGGLE_USERNAME and KAGGLE_KEY", env["KAGGLE_USERNAME"])
+    path = kaggle_config_dir(env, home) / "kaggle.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        username, key = data["username"], data["key"]
+        if not username or not key:
+            raise KeyError("username/key empty")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EyepacsError(
+            f"{path} is not a valid Kaggle API token ({exc}): it must be the JSON file "
+            '{"username": ..., "key": ...} that Kaggle gives under Settings -> API -> '
+            "Create New Token; download a new one and replace this file"
+        ) from exc
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
+    return KaggleCredentials(str(path), username)
+
+
+def missing_credentials_message(competition: str, environ: Mapping[str, str] | None = None,
+                                home: str | os.PathLike | None = None) -> str:
+    """The one message shown when no Kaggle credentials are configured."""
+    env = os.environ if environ is None else environ
+    config_dir = kaggle_config_dir(env, home)
+    where = (
+        f"$KAGGLE_CONFIG_DIR/kaggle.json ({config_dir}/kaggle.json)"
+        if env.get("KAGGLE_CONFIG_DIR")
+        else "~/.kaggle/kaggle.json"
+    )
+    target = "$KAGGLE_CONFIG_DIR" if env.get("KAGGLE_CONFIG_DIR") else "~/.kaggle"
+    return (
+        f"No Kaggle API credentials: neither {where} nor the variables KAGGLE_USERNAME "
+        "and KAGGLE_KEY are set. To download EyePACS with eyepacs.source: kaggle, "
+        "(1) sign in at https://www.kaggle.com, open Settings -> API -> 'Create New Token' "
+        f"(this downloads kaggle.json); (2) mkdir -p {target} && mv kaggle.json {target}/ && "
+        f"chmod 600 {target}/kaggle.json -- or export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>; "
+        f"(3) accept the competition rules at https://www.kaggle.com/competitions/{competition}/rules; "
+        "then rerun. If you already have the images, set eyepacs.source: folder and "
+        "eyepacs.raw_dir: <the folder holding train/, test/, trainLabels.csv and "
+        "retinopathy_solution.csv> instead."
+    )
+
+
+def make_kaggle_api(competition: str, environ: Mapping[str, str] | None = None,
+                    home: str | os.PathLike | None = None) -> Any:
+    """An authenticated ``KaggleApi``; a clear :class:`EyepacsError` without credentials.
+
+    ``kaggle`` is imported only here, after the credentials were found.
+    """
+    creds = find_kaggle_credentials(environ, home)
+    if creds is None:
+        raise EyepacsError(missing_credentials_message(competition, environ, home))
+    log.info("Kaggle credentials from %s (user %s)", creds.source, creds.username)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # authenticates on import
+
+        api = KaggleApi()
+        api.authenticate()
+    except ImportError as exc:
+        raise EyepacsError(
+            f"the kaggle package is not installed ({exc}); install the project's "
+            "requirements (make setup) or use eyepacs.source: folder"
+        ) from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise EyepacsError(
+            f"the Kaggle client could not authenticate with {creds.source}: {exc}; "
+            "create a new API token (Kaggle Settings -> API -> Create New Token)"
+        ) from exc
+    return api
+
+
+# --------------------------------------------------------------------------- API errors
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of an error raised by the kaggle client, if it has one.
+
+    kaggle >= 1.7 raises ``requests.HTTPError`` (status on ``.response``); older
+    clients raised ``kaggle.rest.ApiException`` (status on ``.status``).
+    """
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def explain_api_error(exc: BaseException, competition: str, action: str) -> EyepacsError | None:
+    """One clear error for the HTTP failures a user can fix; None for others."""
+    status = http_status(exc)
+    if status == 401:
+        return EyepacsError(
+            f"Kaggle rejected the API credentials while {action} (HTTP 401: {exc}). The "
+            "token is wrong or was revoked: create a new one (Kaggle Settings -> API -> "
+            "Create New Token), replace ~/.kaggle/kaggle.json (chmod 600) or update "
+            "KAGGLE_USERNAME/KAGGLE_KEY, then rerun."
+        )
+    if status == 403:
+        return EyepacsError(
+            f"Kaggle refused access to the competition '{competition}' while {action} "
+            "(HTTP 403): its rules have not been accepted for this account. Open "
+            f"https://www.kaggle.com/competitions/{competition}/rules while signed in with "
+            "the account of your API token, click 'I Understand and Accept', then rerun."
+        )
+    if status == 404:
+        return EyepacsError(
+            f"Kaggle has no competition or file for '{competition}' while {action} "
+            "(HTTP 404); check eyepacs.competition in the config (the paper's data is "
+            "diabetic-retinopathy-detection)."
+        )
+    if status == 429:
+        return EyepacsError(
+            f"Kaggle is rate-limiting this account while {action} (HTTP 429); wait a "
+            "few minutes and rerun (complete files are kept)."
+        )
+    return None
+
+
+def call_api(fn: Callable[[], Any], competition: str, action: str) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        explained = explain_api_error(exc, competition, action)
+        if explained is not None:
+            raise explained from exc
+        raise
+
+
+# --------------------------------------------------------------------------- listing
+def _file_size(item: Any) -> int | None:
+    for attr in ("total_bytes", "totalBytes", "size"):
+        value = getattr(item, attr, None)
+        if value is None and isinstance(item, Mapping):
+            value = item.get(attr)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                pass
+    return None
+
+
+def list_competition_files(api: Any, competition: str) -> dict[str, int | None]:
+    """``{file name: size in bytes}`` of the competition's files (all pages)."""
+    files: dict[str, int | None] = {}
+    token = None
+    for _ in range(1000):
+        response = call_api(
+            lambda: api.competition_list_files(competition, page_token=token, page_size=200),
+            competition, "listing the competition's files",
+        )
+        items = getattr(response, "files", response) or []
+        for item in items:
+            name = getattr(item, "name", None) or (item.get("name") if isinstance(item, Mapping) else None)
+            if name:
+                files[name] = _file_size(item)
+        token = getattr(response, "next_page_token", None)
+        if not token:
+            break
+    return files
+
+
+def is_needed(name: str) -> bool:
+    """Whether a competition file is one we unpack: the train/test images and the labels."""
+    base = name.rsplit("/", 1)[-1]
+    m = PART_RE.match(base) or SINGLE_RE.match(base)
+    if m:
+        return m["stem"] in IMAGE_DIRS
+    return any(base in (label, f"{label}.zip") for label in LABEL_FILES.values())
+
+
+def check_complete_listing(names: list[str], where: str) -> None:
+    """Raise when the needed files lack an image archive or a label file."""
+    bases = [n.rsplit("/", 1)[-1] for n in names]
+    stems = {m["stem"] for m in (PART_RE.match(b) or SINGLE_RE.match(b) for b in bases) if m}
+    problems = [f"{stem}.zip.001…" for stem in IMAGE_DIRS if stem not in stems]
+    for label in LABEL_FILES.values():
+        if label not in bases and f"{label}.zip" not in bases:
+            problems.append(f"{label}[.zip]")
+    if problems:
+        raise EyepacsError(
+            f"{where} lacks {', '.join(problems)}; the competition's files are "
+            "train.zip.001…, test.zip.001…, trainLabels.csv.zip and retinopathy_solution.csv. "
+            "Download the missing ones from the competition's data page into the archives "
+            "folder, or use eyepacs.source: folder"
+        )
+
+
+# --------------------------------------------------------------------------- fetching
+def _check_disk(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    gib = 1 << 30
+    if needed > free:
+        raise EyepacsError(
+            f"{folder}: {needed / gib:.1f} GiB still to download but only {free / gib:.1f} "
+            "GiB free; free space or set eyepacs.download_dir to a larger disk"
+        )
+    if 2 * needed > free:
+        log.warning(
+            "%s: %.1f GiB free; the download needs %.1f GiB and unpacking about as much again",
+            folder, free / gib, needed / gib,
+        )
+
+
+def _unzip_single(source: Path, dest: Path) -> None:
+    """Kaggle may serve a single file zipped (``name.zip``): take out its one member."""
+    with zipfile.ZipFile(source) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        if len(infos) != 1:
+            raise EyepacsError(f"{source}: expected one member, found {[i.filename for i in infos]}")
+        with atomic_path(dest) as tmp, archive.open(infos[0]) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, _COPY_BUFFER)
+
+
+def fetch_file(api: Any, competition: str, name: str, size: int | None, archives_dir: Path) -> str:
+    """Make ``archives_dir/name`` complete; returns 'skipped' or 'downloaded'."""
+    target = archives_dir / Path(name).name
+    if target.is_file() and size is not None and target.stat().st_size == size:
+        log.info("%s: complete (%d bytes), skipped", target.name, size)
+        return "skipped"
+    if target.exists():
+        log.info(
+            "%s: partial (%d of %s bytes), fetching it again",
+            target.name, target.stat().st_size, size if size is not None else "?",
+        )
+        target.unlink()
+    # The client names its output after the download URL; a private folder per
+    # file makes that name irrelevant and keeps partial files out of the way.
+    staging = archives_dir / ".downloading" / Path(name).name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log.info("%s: downloading (%s bytes)", name, size if size is not None else "?")
+    call_api(
+        lambda: api.competition_download_file(competition, name, path=str(staging), force=True, quiet=False),
+        competition, f"downloading {name}",
+    )
+    got = [p for p in staging.iterdir() if p.is_file()]
+    if len(got) != 1:
+        raise EyepacsError(
+            f"downloading {name}: expected one file in {staging}, found "
+            f"{[p.name for p in got]}; rerun (complete files are kept)"
+        )
+    fetched = got[0]
+    if fetched.name != target.name and fetched.name == f"{target.name}.zip":
+        try:
+            _unzip_single(fetched, target)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise EyepacsError(f"downloading {name}: the zipped copy is corrupt ({exc}); rerun") from exc
+        fetched.unlink()
+    else:
+        os.replace(fetched, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    actual = target.stat().st_size
+    if size is not None and actual != size:
+        target.unlink()
+        raise EyepacsError(
+            f"downloading {name}: got {actual} bytes but Kaggle lists {size}; the partial "
+            "file was deleted: rerun to fetch it again"
+        )
+    return "downloaded"
+
+
+def extract_from_bundle(bundle: Path, archives_dir: Path) -> dict[str, int]:
+    """Take the needed files out of the one-zip competition download (resumable)."""
+    try:
+        archive = zipfile.ZipFile(bundle)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise EyepacsError(
+            f"{bundle} is not a readable zip ({exc}): its download is incomplete. Finish "
+            "or delete it (without it the files are downloaded one by one)"
+        ) from exc
+    files: dict[str, int] = {}
+    with archive:
+        infos = [i for i in archive.infolist() if not i.is_dir() and is_needed(i.filename)]
+        check_complete_listing([i.filename for i in infos], str(bundle))
+        _check_disk(archives_dir, sum(i.file_size for i in infos))
+        for info in infos:
+            target = archives_dir / Path(info.filename).name
+            files[target.name] = info.file_size
+            if target.is_file() and target.stat().st_size == info.file_size:
+                log.info("%s: complete, skipped", target.name)
+                continue
+            log.info("%s: extracting from %s (%d bytes)", target.name, bundle.name, info.file_size)
+            try:
+                with atomic_path(target) as tmp, archive.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _COPY_BUFFER)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise EyepacsError(
+                    f"{bundle}: member {info.filename} is corrupt ({exc}); delete {bundle} "
+                    "and rerun to download the files one by one"
+                ) from exc
+    return files
+
+
+def download_competition(competition: str, download_dir: str | os.PathLike, api: Any = None,
+                         environ: Mapping[str, str] | None = None,
+                         home: str | os.PathLike | None = None) -> dict:
+    """Fetch the EyePACS archives into ``{download_dir}/archives``; returns the manifest.
+
+    ``api`` is a ``KaggleApi`` (tests pass a fake); by default one is made from the
+    user's credentials, and only when something must be downloaded.
+    """
+    download_dir = Path(download_dir)
+    archives_dir = download_dir / "archives"
+    archives_dir.mkdir(parents=True, exist_ok=True)
+    bundle = download_dir / f"{competition}.zip"
+    if bundle.is_file():
+        log.info("using the competition zip %s (no download)", bundle)
+        files = extract_from_bundle(bundle, archives_dir)
+        return {"competition": competition, "source": str(bundle), "files": files}
+
+    if api is None:
+        api = make_kaggle_api(competition, environ, home)
+    listing = list_competition_files(api, competition)
+    if not listing:
+        # Some clients list nothing for old competitions: fall back to the
+        # one-zip download of everything, then take the parts out of it.
+        log.warning("Kaggle listed no files for %s; downloading the whole competition zip", competition)
+        call_api(
+            lambda: api.competition_download_files(competition, path=str(download_dir), force=True, quiet=False),
+            competition, "downloading the competition zip",
+        )
+        if not bundle.is_file():
+            raise EyepacsError(f"the competition download did not produce {bundle}; rerun")
+        files = extract_from_bundle(bundle, archives_dir)
+        return {"competition": competition, "source": str(bundle), "files": files}
+
+    needed = {name: size for name, size in sorted(listing.items()) if is_needed(name)}
+    skipped = sorted(set(listing) - set(needed))
+    if skipped:
+        log.info("not needed, not downloaded: %s", ", ".join(skipped))
+    check_complete_listing(list(needed), f"the Kaggle listing of {competition}")
+    todo = 0
+    for name, size in needed.items():
+        target = archives_dir / Path(name).name
+        have = target.stat().st_size if target.is_file() else -1
+        if size is None or have != size:
+            todo += size or 0
+    _check_disk(archives_dir, todo)
+    results = {"skipped": 0, "downloaded": 0}
+    for name, size in needed.items():
+        results[fetch_file(api, competition, name, size, archives_dir)] += 1
+    shutil.rmtree(archives_dir / ".downloading", ignore_errors=True)
+    log.info("%d file(s) downloaded, %d already complete", results["downloaded"], results["skipped"])
+    files = {Path(n).name: (archives_dir / Path(n).name).stat().st_size for n in needed}
+    return {"competition": competition, "source": "kaggle api", "files": files}

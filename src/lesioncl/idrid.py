@@ -132,6 +132,7 @@ class IdridSource:
     description: str
     files: set[str]
     dirs: set[str]
+    shows_empty_dirs = True  # False: an empty folder may simply not be listed
 
     def read_bytes(self, rel: str) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
@@ -212,6 +213,8 @@ class ZipSource(IdridSource):
         start = f"{self.prefix}/" if self.prefix else ""
         self._members: dict[str, str] = {}
         self.files, self.dirs = set(), set()
+        # Zips written without folder entries cannot hold empty folders.
+        self.shows_empty_dirs = any(n.endswith("/") for n in names)
         for name in names:
             if not name.startswith(start) or name == start:
                 continue
@@ -287,12 +290,13 @@ class IdridImage:
 
 
 def scan_layout(
-    files: set[str], dirs: set[str], where: str
+    files: set[str], dirs: set[str], where: str, shows_empty_dirs: bool = True
 ) -> tuple[dict[str, list[IdridImage]], list[str]]:
     """Match a listing against the official layout; returns (images per split, problems).
 
     Pure function of the listing (paths relative to "A. Segmentation"); file contents
-    are checked by :func:`check_sizes`.
+    are checked by :func:`check_sizes`. With ``shows_empty_dirs`` False (a zip without
+    folder entries) an absent lesion folder is taken as an empty one.
     """
     problems: list[str] = []
     children: dict[str, set[str]] = {}
@@ -368,7 +372,9 @@ def scan_layout(
                 continue
             # The optic-disc folder is not used: it may be absent.
             expect_folders(
-                split_folder, list(_ALL_MASK_FOLDERS), [lesion.folder for lesion in LESIONS]
+                split_folder,
+                list(_ALL_MASK_FOLDERS),
+                [lesion.folder for lesion in LESIONS] if shows_empty_dirs else [],
             )
             for folder_name, lesion in _ALL_MASK_FOLDERS.items():
                 folder = f"{split_folder}/{folder_name}"
@@ -480,7 +486,9 @@ def check_sizes(source: IdridSource, layout: dict[str, list[IdridImage]]) -> lis
 
 def load_layout(source: IdridSource) -> dict[str, list[IdridImage]]:
     """Validate the whole input; raise one :class:`IdridLayoutError` listing every problem."""
-    layout, problems = scan_layout(source.files, source.dirs, source.description)
+    layout, problems = scan_layout(
+        source.files, source.dirs, source.description, source.shows_empty_dirs
+    )
     problems += check_sizes(source, layout)
     if problems:
         raise IdridLayoutError(

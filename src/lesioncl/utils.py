@@ -99,7 +99,10 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str = "auto") -> str:
     """Map the config's ``device`` (auto | cpu | cuda) to a torch device string."""
-    import torch
+    try:
+        import torch
+    except ImportError as err:  # a data-only environment
+        raise RuntimeError("resolve_device needs torch: run this rule in envs/torch.yaml") from err
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -125,15 +125,19 @@ def _list_folder(folder: Path) -> tuple[pd.Series, list[str]]:
     return pd.Series(images, dtype="string"), sorted(other)
 
 
-def _problems(df: pd.DataFrame, folder: str, raw_dir: Path, reason: str, detail) -> pd.DataFrame:
+def _problems(df: pd.DataFrame, folder, raw_dir: Path, reason: str, detail) -> pd.DataFrame:
+    """Problem rows for ``df``'s images; ``folder`` is a name or a Series aligned with ``df``."""
+    image = df["image"].astype("string")
+    folder = pd.Series(folder, index=df.index, dtype="string") if isinstance(folder, str) else folder.astype("string")
     out = pd.DataFrame(
         {
-            "image": df["image"].astype("string"),
+            "image": image,
             "folder": folder,
-            "file": str(raw_dir / folder) + os.sep + df["image"].astype("string") + IMAGE_EXT,
+            "file": str(raw_dir) + os.sep + folder + os.sep + image + IMAGE_EXT,
             "reason": reason,
             "detail": detail,
-        }
+        },
+        index=df.index,
     )
     return out[PROBLEM_COLUMNS]
 
@@ -206,9 +210,9 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
     twice = labels["image"].duplicated(keep=False)
     if twice.any():
         problems.append(_problems(
-            labels[twice], "", raw_dir, "labelled_twice",
+            labels[twice], labels.loc[twice, "folder"], raw_dir, "labelled_twice",
             "labelled in both trainLabels.csv and retinopathy_solution.csv",
-        ).assign(folder=labels.loc[twice, "folder"].to_numpy()))
+        ))
         labels = labels[~twice]
 
     files, file_counts, unexpected = {}, {}, []
@@ -229,18 +233,15 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
             }))
 
     # Join the label rows with the files of their folder.
-    has_file = pd.Series(False, index=labels.index)
-    for folder in IMAGE_DIRS:
-        in_folder = labels["folder"] == folder
-        has_file[in_folder] = labels.loc[in_folder, "image"].isin(files[folder])
+    file_keys = {f"{folder}/{image}" for folder in IMAGE_DIRS for image in files[folder]}
+    has_file = (labels["folder"] + "/" + labels["image"]).isin(file_keys).to_numpy(dtype=bool)
     missing = labels[~has_file]
     if len(missing):
         other_folder = missing["folder"].map({"train": "test", "test": "train"})
         elsewhere = [img in files[f] for img, f in zip(missing["image"], other_folder)]
         detail = pd.Series("no image file for this label row", index=missing.index, dtype="string")
         detail[elsewhere] = "no image file here; the file is in " + other_folder[elsewhere] + "/"
-        problems.append(_problems(missing, "", raw_dir, "missing_file", detail).assign(
-            folder=missing["folder"].to_numpy()))
+        problems.append(_problems(missing, missing["folder"], raw_dir, "missing_file", detail))
     labels = labels[has_file]
     labelled = {folder: set(labels.loc[labels["folder"] == folder, "image"]) for folder in IMAGE_DIRS}
     all_labelled = set().union(*labelled.values()) if labelled else set()
@@ -331,7 +332,7 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         summary["warnings"].append(msg)
     if reasons.get("unexpected_entry"):
         msg = (
-            f"{reasons['unexpected_entry']} entr(y/ies) in train/ or test/ are not "
+            f"{reasons['unexpected_entry']} entries in train/ or test/ are not "
             f"{{id}}_{{left|right}}{IMAGE_EXT} and were ignored: "
             f"{_first(problems_df[problems_df['reason'] == 'unexpected_entry'])}"
         )

@@ -40,8 +40,8 @@ _BRIGHT = {
     HARD_EXUDATE: np.array([1.0, 0.93, 0.52], np.float32),
     SOFT_EXUDATE: np.array([0.94, 0.88, 0.78], np.float32),
 }
-_VEIN = np.array([0.50, 0.66, 0.60], np.float32)
-_ARTERY = np.array([0.30, 0.48, 0.44], np.float32)
+_VEIN = np.array([0.40, 0.62, 0.56], np.float32)
+_ARTERY = np.array([0.24, 0.44, 0.40], np.float32)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def _anatomy(rng: np.random.Generator, width: int, height: int, cx: float, cy: f
     side = 1.0 if eye == "right" else -1.0
     if rng.random() < 0.1:
         side = -side
-    disc_radius = radius * rng.uniform(0.13, 0.16)
+    disc_radius = radius * rng.uniform(0.115, 0.14)
     disc_x = cx + side * radius * rng.uniform(0.38, 0.5)
     disc_y = cy + radius * rng.uniform(-0.08, 0.08)
     macula_x = cx - side * radius * rng.uniform(0.05, 0.15)
@@ -229,15 +229,23 @@ def _microaneurysm(rng, x, y, s):
     return x0, y0, alpha
 
 
+def _mottle(rng, dx, dy, s, amp):
+    """A smooth multiplicative texture 1 +- amp over a lesion patch."""
+    fx, fy = rng.uniform(0.25, 0.6, size=2) / s
+    px, py = rng.uniform(0, 2 * math.pi, size=2)
+    return 1 - amp + amp * np.cos(dx * fx + px) * np.cos(dy * fy + py)
+
+
 def _haemorrhage(rng, x, y, s):
     d = rng.uniform(*SIZES_AT_512[HAEMORRHAGE]) * s
     flame = rng.random() < 0.3
     elong = rng.uniform(1.7, 2.6) if flame else rng.uniform(1.0, 1.5)
+    ramp = max(1.0, 0.8 * s)
     x0, y0, dx, dy = _patch(x, y, d / 2 + 1)
-    dist, edge = _polar_shape(rng, dx, dy, d - 0.5, elong, 0.13)
-    inside = _coverage(edge - dist)
-    core = 0.8 + 0.2 * np.clip(1 - dist / np.maximum(edge, 1e-3), 0, 1)
-    return x0, y0, inside * core * rng.uniform(0.75, 0.98)
+    dist, edge = _polar_shape(rng, dx, dy, d - ramp * 0.5, elong, 0.13)
+    inside = _coverage((edge - dist) / ramp)
+    core = 0.75 + 0.25 * np.clip(1 - dist / np.maximum(edge, 1e-3), 0, 1)
+    return x0, y0, inside * core * _mottle(rng, dx, dy, s, 0.12) * rng.uniform(0.75, 0.98)
 
 
 def _hard_exudate(rng, x, y, s):
@@ -245,12 +253,12 @@ def _hard_exudate(rng, x, y, s):
     extent = rng.uniform(lo, hi) * s
     x0, y0, dx, dy = _patch(x, y, extent / 2 + 1)
     alpha = np.zeros((dy.shape[0], dx.shape[1]), np.float32)
-    n_spots = int(rng.integers(3, 5 + round(extent / s / 4)))
+    n_spots = int(rng.integers(4, 7 + round(extent / s / 3)))
     spot_lo, spot_hi = SIZES_AT_512[HARD_EXUDATE]
     for _ in range(n_spots):
         d = rng.uniform(spot_lo, min(spot_hi, extent / s / 2)) * s
         reach = max(extent / 2 - d / 2 - 0.5, 0.0)
-        ox, oy = np.clip(rng.normal(0, extent / 4, size=2), -reach, reach)
+        ox, oy = np.clip(rng.normal(0, extent / 5, size=2), -reach, reach)
         r = max(d / 2 - 0.25, 0.3)
         spot = _coverage(r - np.sqrt((dx - ox) ** 2 + (dy - oy) ** 2)) * rng.uniform(0.75, 1.0)
         np.maximum(alpha, spot, out=alpha)
@@ -262,9 +270,8 @@ def _soft_exudate(rng, x, y, s):
     x0, y0, dx, dy = _patch(x, y, d / 2 + 1)
     dist, edge = _polar_shape(rng, dx, dy, d - 0.5, rng.uniform(1.0, 1.6), 0.1)
     t = np.clip(1 - (dist / np.maximum(edge, 1e-3)) ** 2, 0, 1)
-    fluff = 0.85 + 0.15 * np.cos(dx * rng.uniform(0.3, 0.6) / s + rng.uniform(0, 6)) * np.cos(
-        dy * rng.uniform(0.3, 0.6) / s + rng.uniform(0, 6))
-    alpha = (t ** 0.6) * fluff * rng.uniform(0.55, 0.8)
+    fluff = _mottle(rng, dx, dy, s, 0.15)
+    alpha = (t ** 1.2) * fluff * rng.uniform(0.6, 0.85)
     return x0, y0, alpha.astype(np.float32)
 
 
@@ -454,7 +461,7 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
     temporal = 1.0 if g.macula_x >= g.disc_x else -1.0
     step = max(1.5, 2.5 * s)
     for kind, canvas in enumerate(canvases):  # 0 veins, 1 arteries
-        w0 = (rng.uniform(5.5, 7.5) if kind == 0 else rng.uniform(4.0, 5.5)) * s
+        w0 = (rng.uniform(4.2, 5.6) if kind == 0 else rng.uniform(3.2, 4.2)) * s
         off = math.radians(rng.uniform(-12, 12))
         stack = []
         for sign in (-1.0, 1.0):  # superior, inferior
@@ -485,10 +492,10 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
                          int(255 * min(1.0, width)), max(1, round(width)), cv2.LINE_AA, 3)
                 x, y = nx, ny
                 travelled += step
-                width *= 1 - step / (4.0 * g.radius)
-                if depth < 3 and rng.random() < step / (40 * s):
-                    child_len = (length - travelled) * rng.uniform(0.4, 0.9) + 20 * s
-                    child_theta = theta + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.0)
+                width *= 1 - step / (2.5 * g.radius)
+                if depth < 3 and rng.random() < step / (75 * s):
+                    child_len = (length - travelled) * rng.uniform(0.3, 0.7) + 15 * s
+                    child_theta = theta + rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.9)
                     child_kappa = rng.uniform(-1.0, 1.0) / (0.5 * g.radius)
                     starts.append((x, y, child_theta, child_kappa, child_len,
                                    width * rng.uniform(0.5, 0.75), depth + 1))
@@ -508,16 +515,17 @@ def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np
     dy = dy[ys.start - y0:ys.stop - y0]
     stretch = rng.uniform(1.0, 1.15)  # discs are slightly taller than wide
     dist = np.sqrt(dx * dx + (dy / stretch) ** 2)
-    disc = _coverage((r - dist) * 0.6)  # a slightly soft rim
+    disc = _coverage((r - dist) / (0.15 * r))  # a soft rim; the disc is where >= 0.5
     cup_r = r * rng.uniform(0.3, 0.5)
-    cup = _coverage((cup_r - np.sqrt((dx - r * rng.uniform(-0.15, 0.15)) ** 2 + dy ** 2)) * 0.3)
-    glow = np.exp(-((dist / (1.7 * r)) ** 2)) * rng.uniform(0.08, 0.2)
+    cup_dist = np.sqrt((dx - r * rng.uniform(-0.2, 0.2)) ** 2 + (dy / stretch) ** 2)
+    cup = np.exp(-((cup_dist / cup_r) ** 2))
+    glow = np.exp(-((dist / (1.6 * r)) ** 2)) * rng.uniform(0.08, 0.2)
     region = albedo[ys, xs]
-    disc_col = np.array([1.0, 0.82, 0.55], np.float32) * rng.uniform(0.82, 1.0)
-    cup_col = np.array([1.0, 0.96, 0.82], np.float32)
+    disc_col = np.array([1.0, 0.74, 0.45], np.float32) * rng.uniform(0.85, 1.0)
+    cup_col = np.array([1.0, 0.93, 0.74], np.float32)
     region *= (1 + glow)[..., None]
-    region += (disc * rng.uniform(0.75, 0.9))[..., None] * (disc_col - region)
-    region += (cup * rng.uniform(0.5, 0.8))[..., None] * (cup_col - region)
+    region += (disc * rng.uniform(0.55, 0.75))[..., None] * (disc_col - region)
+    region += (cup * rng.uniform(0.5, 0.85))[..., None] * (cup_col - region)
     mask = np.zeros((h, w), bool)
     mask[ys, xs] = disc >= 0.5
     return mask

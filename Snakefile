@@ -5,7 +5,10 @@
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/eyepacs.smk"
+include: "workflow/rules/crop.smk"
 include: "workflow/rules/idrid.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -13,4 +16,6 @@ rule all:
         f"{RESULTS}/eyepacs/labels.csv",
         f"{RESULTS}/eyepacs/crop_manifest.csv",
         f"{RESULTS}/eyepacs/crop_rejects.csv",
+        REPORT_TARGETS,
+        QC_TARGETS,
     default_target: True

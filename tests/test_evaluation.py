@@ -175,3 +175,18 @@ def test_read_fractions_roundtrip_and_stale(tmp_path):
     assert list(rows.columns) == ["image", "level"]
     with pytest.raises(ValueError, match="stale"):
         read_fractions(path, 0.25)
+
+
+def test_write_fractions(tmp_path):
+    from lesioncl.evaluation.fractions import write_fractions
+
+    csv = tmp_path / "crops_train.csv"
+    _labels().assign(split="train").to_csv(csv, index=False)
+    out = tmp_path / "f" / "seed0.csv"
+    table = write_fractions(csv, [0.1, 1.0], 0, out)
+    back = pd.read_csv(out)
+    assert list(back.columns) == ["image", "level", "frac0.1", "frac1"]
+    assert back["frac0.1"].sum() == table["frac0.1"].sum()
+    _labels().assign(split="val").to_csv(csv, index=False)
+    with pytest.raises(ValueError, match="split=train"):
+        write_fractions(csv, [0.1], 0, out)

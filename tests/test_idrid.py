@@ -62,16 +62,28 @@ def make_layout(root: Path, spec: dict, size=(W, H)) -> Path:
             (root / GT / SPLIT_DIR[split] / folder).mkdir(parents=True, exist_ok=True)
         for n, masks in images.items():
             pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / IMG / SPLIT_DIR[split] / f"IDRiD_{n:02d}.jpg")
+            Image.fromarray(pixels).save(
+                root / IMG / SPLIT_DIR[split] / f"IDRiD_{n:02d}.jpg"
+            )
             for code, rects in masks.items():
-                path = root / GT / SPLIT_DIR[split] / FOLDER[code] / f"IDRiD_{n:02d}_{code}.tif"
+                path = (
+                    root
+                    / GT
+                    / SPLIT_DIR[split]
+                    / FOLDER[code]
+                    / f"IDRiD_{n:02d}_{code}.tif"
+                )
                 path.write_bytes(_tif_bytes(_red_mask(rects, size)))
     return root / SEG
 
 
 SPEC = {
     "train": {
-        1: {"MA": [(2, 3, 1, 1), (10, 10, 2, 2)], "HE": [(20, 5, 10, 6)], "OD": [(40, 10, 10, 10)]},
+        1: {
+            "MA": [(2, 3, 1, 1), (10, 10, 2, 2)],
+            "HE": [(20, 5, 10, 6)],
+            "OD": [(40, 10, 10, 10)],
+        },
         2: {"EX": [(0, 0, 3, 2), (50, 30, 10, 10)], "SE": [(30, 20, 5, 5)]},
         3: {"MA": [(5, 5, 1, 1)]},
     },
@@ -119,7 +131,10 @@ def test_mask_to_boxes_empty_and_hole():
     ring[1:8, 1:8] = True
     ring[2:7, 2:7] = False
     ring[4, 4] = True  # a component in the hole of another: kept (contours drop it)
-    assert sorted(map(tuple, mask_to_boxes(ring).tolist())) == [(1, 1, 7, 7, 24), (4, 4, 1, 1, 1)]
+    assert sorted(map(tuple, mask_to_boxes(ring).tolist())) == [
+        (1, 1, 7, 7, 24),
+        (4, 4, 1, 1, 1),
+    ]
 
 
 def test_read_mask_rgb_palette_alpha_and_thresholds():
@@ -128,7 +143,9 @@ def test_read_mask_rgb_palette_alpha_and_thresholds():
     assert values.shape == (4, 6) and values.max() == 255
     assert binarise(values, 1)[0].sum() == 4
 
-    pal = Image.fromarray(np.array([[0, 1, 1], [0, 0, 1]], np.uint8), mode="L").convert("P")
+    pal = Image.fromarray(np.array([[0, 1, 1], [0, 0, 1]], np.uint8), mode="L").convert(
+        "P"
+    )
     pal.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)  # index 1 -> dark red
     buf = io.BytesIO()
     pal.save(buf, format="TIFF")
@@ -167,53 +184,87 @@ def test_folder_to_coco(tmp_path):
     summary = run(tmp_path / "in", tmp_path / "out", max_size=None)
     coco = COCO(str(tmp_path / "out" / "coco_train.json"))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
-        "microaneurysm", "haemorrhage", "hard_exudate", "soft_exudate"
+        "microaneurysm",
+        "haemorrhage",
+        "hard_exudate",
+        "soft_exudate",
     ]
     assert sorted(coco.getImgIds()) == [1, 2, 3]
     img = coco.loadImgs(1)[0]
     assert (img["file_name"], img["width"], img["height"]) == ("IDRiD_01.jpg", W, H)
-    boxes = {(a["category_id"], tuple(a["bbox"])) for a in coco.loadAnns(coco.getAnnIds(imgIds=1))}
-    assert boxes == {(1, (2, 3, 1, 1)), (1, (10, 10, 2, 2)), (2, (20, 5, 10, 6))}  # OD ignored
+    boxes = {
+        (a["category_id"], tuple(a["bbox"]))
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=1))
+    }
+    assert boxes == {
+        (1, (2, 3, 1, 1)),
+        (1, (10, 10, 2, 2)),
+        (2, (20, 5, 10, 6)),
+    }  # OD ignored
     ids = [a["id"] for a in coco.dataset["annotations"]]
-    assert len(set(ids)) == len(ids) and all(a["iscrowd"] == 0 for a in coco.dataset["annotations"])
+    assert len(set(ids)) == len(ids) and all(
+        a["iscrowd"] == 0 for a in coco.dataset["annotations"]
+    )
     # unresized images are byte-for-byte copies
     src = tmp_path / "in" / IMG / "a. Training Set" / "IDRiD_02.jpg"
-    assert (tmp_path / "out" / "images" / "train" / "IDRiD_02.jpg").read_bytes() == src.read_bytes()
+    assert (
+        tmp_path / "out" / "images" / "train" / "IDRiD_02.jpg"
+    ).read_bytes() == src.read_bytes()
 
     test = COCO(str(tmp_path / "out" / "coco_test.json"))
-    assert [(a["category_id"], a["bbox"], a["area"]) for a in test.dataset["annotations"]] == [
-        (2, [1, 1, 4, 4], 16)
-    ]
+    assert [
+        (a["category_id"], a["bbox"], a["area"]) for a in test.dataset["annotations"]
+    ] == [(2, [1, 1, 4, 4], 16)]
     t = summary["splits"]["train"]
     assert (t["images"], t["boxes"]) == (3, 7)
     assert t["per_class"]["microaneurysm"] == {
-        **t["per_class"]["microaneurysm"], "boxes": 3, "masks": 2, "images_with_boxes": 2
+        **t["per_class"]["microaneurysm"],
+        "boxes": 3,
+        "masks": 2,
+        "images_with_boxes": 2,
     }
     assert summary["splits"]["test"]["empty_masks"] == [
         f"2. All Segmentation Groundtruths/b. Testing Set/4. Soft Exudates/IDRiD_04_SE.tif"
     ]
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["train"]["boxes"] == 7
+    assert (
+        json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["train"][
+            "boxes"
+        ]
+        == 7
+    )
     with Image.open(tmp_path / "out" / "qc.png") as qc:
         assert qc.format == "PNG" and qc.size[0] > 200
 
 
 def test_resizing_scales_x_and_y_separately(tmp_path):
     size = (301, 99)  # -> 150 x 49: sx = 150/301, sy = 49/99 differ
-    spec = {"train": {1: {"HE": [(100, 30, 60, 40)], "MA": [(300, 98, 1, 1)]}}, "test": {2: {"MA": [(0, 0, 2, 2)]}}}
+    spec = {
+        "train": {1: {"HE": [(100, 30, 60, 40)], "MA": [(300, 98, 1, 1)]}},
+        "test": {2: {"MA": [(0, 0, 2, 2)]}},
+    }
     make_layout(tmp_path / "in", spec, size=size)
     run(tmp_path / "in", tmp_path / "out", max_size=150, min_box_size=0)
     coco = json.loads((tmp_path / "out" / "coco_train.json").read_text())
     (img,) = coco["images"]
-    assert (img["width"], img["height"], img["orig_width"], img["orig_height"]) == (150, 49, 301, 99)
+    assert (img["width"], img["height"], img["orig_width"], img["orig_height"]) == (
+        150,
+        49,
+        301,
+        99,
+    )
     with Image.open(tmp_path / "out" / "images" / "train" / "IDRiD_01.jpg") as im:
         assert im.size == (150, 49)
     sx, sy = 150 / 301, 49 / 99
     he = next(a for a in coco["annotations"] if a["category_id"] == 2)
-    np.testing.assert_allclose(he["bbox"], [100 * sx, 30 * sy, 60 * sx, 40 * sy], atol=1e-3)
+    np.testing.assert_allclose(
+        he["bbox"], [100 * sx, 30 * sy, 60 * sx, 40 * sy], atol=1e-3
+    )
     np.testing.assert_allclose(he["area"], 2400 * sx * sy, atol=1e-3)
     ma = next(a for a in coco["annotations"] if a["category_id"] == 1)
     x, y, w, h = ma["bbox"]  # the bottom-right pixel still ends at the image corner
-    assert x + w == pytest.approx(150, abs=1e-3) and y + h == pytest.approx(49, abs=1e-3)
+    assert x + w == pytest.approx(150, abs=1e-3) and y + h == pytest.approx(
+        49, abs=1e-3
+    )
 
 
 def test_zip_equals_folder(tmp_path):
@@ -233,7 +284,9 @@ def test_zip_equals_folder(tmp_path):
     for name, zipped in (("zip", archive), ("nested", nested)):
         run(zipped, tmp_path / name, max_size=40)
         for split in ("train", "test"):
-            a = json.loads((tmp_path / "from_folder" / f"coco_{split}.json").read_text())
+            a = json.loads(
+                (tmp_path / "from_folder" / f"coco_{split}.json").read_text()
+            )
             b = json.loads((tmp_path / name / f"coco_{split}.json").read_text())
             a.pop("info"), b.pop("info")
             assert a == b and a["annotations"]
@@ -247,8 +300,11 @@ def test_zip_equals_folder(tmp_path):
         for info in src.infolist():
             if "b. Testing Set/2. Haemorrhages" not in info.filename:
                 dst.writestr(info, src.read(info))
-    with pytest.raises(IdridLayoutError, match="missing folder .*broken.zip:IDRiD/A. Segmentation/"
-                       "2. All Segmentation Groundtruths/b. Testing Set/2. Haemorrhages"):
+    with pytest.raises(
+        IdridLayoutError,
+        match="missing folder .*broken.zip:IDRiD/A. Segmentation/"
+        "2. All Segmentation Groundtruths/b. Testing Set/2. Haemorrhages",
+    ):
         run(broken, tmp_path / "broken")
 
 
@@ -278,14 +334,22 @@ def _break(root: Path, how: str) -> str:
         return f"unexpected file {path}"
     if how == "mask_without_image":
         (root / IMG / tr / "IDRiD_02.jpg").unlink()
-        return f"mask without image: {root / GT / tr / FOLDER['EX'] / 'IDRiD_02_EX.tif'}"
+        return (
+            f"mask without image: {root / GT / tr / FOLDER['EX'] / 'IDRiD_02_EX.tif'}"
+        )
     raise AssertionError(how)
 
 
 @pytest.mark.parametrize(
     "how",
-    ["missing_folder", "image_without_mask", "size_mismatch", "unexpected_name",
-     "unexpected_file", "mask_without_image"],
+    [
+        "missing_folder",
+        "image_without_mask",
+        "size_mismatch",
+        "unexpected_name",
+        "unexpected_file",
+        "mask_without_image",
+    ],
 )
 def test_layout_errors_name_the_file(tmp_path, how):
     seg = make_layout(tmp_path / "in", SPEC)
@@ -299,9 +363,14 @@ def test_layout_errors_name_the_file(tmp_path, how):
 
 def test_all_problems_reported_together_and_bad_paths(tmp_path):
     make_layout(tmp_path / "in", SPEC)
-    wants = [_break(tmp_path / "in", "unexpected_file"), _break(tmp_path / "in", "size_mismatch")]
+    wants = [
+        _break(tmp_path / "in", "unexpected_file"),
+        _break(tmp_path / "in", "size_mismatch"),
+    ]
     with pytest.raises(IdridLayoutError) as err:
-        run(tmp_path / "in", tmp_path / "out")  # the folder containing "A. Segmentation"
+        run(
+            tmp_path / "in", tmp_path / "out"
+        )  # the folder containing "A. Segmentation"
     assert all(w in str(err.value) for w in wants) and "2 problem(s)" in str(err.value)
 
     with pytest.raises(FileNotFoundError, match="idrid.path"):
@@ -327,10 +396,15 @@ def test_zero_one_mask_end_to_end(tmp_path):
         "2. All Segmentation Groundtruths/a. Training Set/1. Microaneurysms/IDRiD_03_MA.tif"
     ]
     coco = json.loads((tmp_path / "out" / "coco_train.json").read_text())
-    assert [a["bbox"] for a in coco["annotations"] if a["image_id"] == 3] == [[4, 7, 3, 2]]
+    assert [a["bbox"] for a in coco["annotations"] if a["image_id"] == 3] == [
+        [4, 7, 3, 2]
+    ]
 
 
 def test_lesion_table_matches_contract():
     assert [(c["id"], c["name"]) for c in idrid.CATEGORIES] == [
-        (1, "microaneurysm"), (2, "haemorrhage"), (3, "hard_exudate"), (4, "soft_exudate")
+        (1, "microaneurysm"),
+        (2, "haemorrhage"),
+        (3, "hard_exudate"),
+        (4, "soft_exudate"),
     ]

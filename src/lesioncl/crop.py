@@ -27,7 +27,11 @@ faster:
   which is the smoothing the blur stands for, so no extra blur is applied there; at
   scale 1 the PIL blur is reproduced exactly and the box is identical to the
   reference's); the box is then mapped back to full resolution;
-* the 512 crop and the detection crop are resampled (Lanczos) from that one decode.
+* the 512 crop is Lanczos-resampled from the coarsest reduction that leaves it at
+  least ``size`` (the decode itself, or its box-averaged ``Image.reduce``, so it does
+  not depend on whether a detection crop is made); the detection crop (cropped,
+  aspect kept, Lanczos-downscaled only to fit ``detect_max_size``) from the decode.
+  No full-resolution pass happens unless the detection crop needs full resolution.
 
 Choices that differ from the original, on purpose:
 
@@ -147,7 +151,7 @@ class CropResult:
     orig_height: int
     box: tuple[int, int, int, int]
     box_method: str
-    decode_scale: int
+    decode_scale: int  # the reduction (1, 2, 4, 8) the size x size crop was resampled from
     det_width: int | None = None
     det_height: int | None = None
 
@@ -164,7 +168,7 @@ def square_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def pil_blur(arr: np.ndarray) -> np.ndarray:
-    """``ImageFilter.BLUR`` on an (h, w, c) uint8 array, bit for bit as PIL computes it.
+    """``ImageFilter.BLUR`` on an (h, w, 3) uint8 array, bit for bit as PIL computes it.
 
     PIL sums the 16 ring pixels, divides by 16 rounding half up, and copies the
     2-pixel image border unfiltered.
@@ -174,14 +178,11 @@ def pil_blur(arr: np.ndarray) -> np.ndarray:
     arr = np.ascontiguousarray(arr)
     sums = cv2.filter2D(arr, cv2.CV_16U, _BLUR_RING, borderType=cv2.BORDER_REPLICATE)
     out = ((sums + 8) >> 4).astype(np.uint8)
-    if out.ndim == 2:
-        out = out[:, :, None]
-        arr = arr[:, :, None]
     out[:2] = arr[:2]
     out[-2:] = arr[-2:]
     out[:, :2] = arr[:, :2]
     out[:, -2:] = arr[:, -2:]
-    return out.reshape(arr.shape) if out.shape != arr.shape else out
+    return out
 
 
 def foreground_box(arr: np.ndarray, bright_margin: float, strip_divisor: int) -> tuple[int, int, int, int] | None:
@@ -301,7 +302,7 @@ def _open(data: bytes, src: Path) -> Image.Image:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise CropReject("unreadable", f"{src}: not an image PIL can identify ({exc})") from None
-    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
         raise CropReject("unreadable", f"{src}: {exc}") from None
     if im.format != "JPEG":
         raise CropReject("not_jpeg", f"{src} is a {im.format} image, not a JPEG")
@@ -392,11 +393,19 @@ def crop_image(
     header = _open(data, src)
     width, height = header.size
     k_search = search_factor(height, params)
-    k_dec = min(decode_factor(width, height, params, with_detect=det_path is not None), k_search)
-    im, width, height, k_dec = decode_reduced(data, src, k_dec)
+    k_crop = min(decode_factor(width, height, params, with_detect=False), k_search)
+    k_dec = min(decode_factor(width, height, params, with_detect=det_path is not None), k_crop)
+    im, width, height, got = decode_reduced(data, src, k_dec)
+    if got != k_dec:  # pragma: no cover - draft() picks exactly the requested scale
+        raise RuntimeError(f"{src}: asked libjpeg for a 1/{k_dec} decode, got 1/{got}")
+    reduced = {k_dec: im}
 
-    search = im if k_search == k_dec else im.reduce(k_search // k_dec)
-    search_arr = np.asarray(search)
+    def at(k: int) -> Image.Image:  # the image reduced k times (box average of the decode)
+        if k not in reduced:
+            reduced[k] = im.reduce(k // k_dec)
+        return reduced[k]
+
+    search_arr = np.asarray(at(k_search))
     mean = float(search_arr.mean())
     if mean < params.min_mean_intensity:
         raise CropReject(
@@ -404,13 +413,13 @@ def crop_image(
         )
     box, method = choose_box(width, height, search_arr, k_search, params)
 
-    reduced_box = tuple(c / k_dec for c in box)
-    result = CropResult(width, height, box, method, k_dec)
+    result = CropResult(width, height, box, method, k_crop)
     if out_path is not None:
-        save_jpeg(_resize_from(im, reduced_box, (params.size, params.size)), out_path, 100)
+        crop = _resize_from(at(k_crop), [c / k_crop for c in box], (params.size, params.size))
+        save_jpeg(crop, out_path, 100)
     if det_path is not None:
         dw, dh = detect_size(box, params.detect_max_size)
-        save_jpeg(_resize_from(im, reduced_box, (dw, dh)), det_path, params.detect_quality)
+        save_jpeg(_resize_from(im, [c / k_dec for c in box], (dw, dh)), det_path, params.detect_quality)
         result.det_width, result.det_height = dw, dh
     return result
 
@@ -478,16 +487,18 @@ def read_labels(labels_csv: str | os.PathLike) -> pd.DataFrame:
 
 
 @dataclass
-class _Task:
+class CropTask:
+    """One image to crop: labels row, name, raw file, 512-crop and detection-crop paths."""
+
     row: int
     image: str
     src: str
-    out: str
-    det: str
+    out: str | None
+    det: str | None
     params: CropParams = field(repr=False)
 
 
-def _crop_task(task: _Task) -> dict:
+def _crop_task(task: CropTask) -> dict:
     base = {"row": task.row, "status": "ok", "reason": "", "detail": ""}
     try:
         res = crop_image(task.src, task.out, task.det, task.params)
@@ -504,7 +515,8 @@ def _crop_task(task: _Task) -> dict:
     }
 
 
-def _worker_init() -> None:
+def init_worker() -> None:
+    """One OpenCV thread per process: the parallelism is the process pool."""
     try:
         import cv2
 
@@ -513,17 +525,17 @@ def _worker_init() -> None:
         pass
 
 
-def run_tasks(tasks: Sequence[_Task], workers: int, desc: str = "crop") -> list[dict]:
+def run_tasks(tasks: Sequence[CropTask], workers: int, desc: str = "crop") -> list[dict]:
     """Crop every task, in a pool of ``workers`` processes (in-process when 1), with progress."""
     from tqdm import tqdm
 
     if workers <= 1 or len(tasks) <= 1:
-        _worker_init()
+        init_worker()
         return [_crop_task(t) for t in tqdm(tasks, desc=desc, unit="img", mininterval=2)]
     import multiprocessing as mp
 
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=init_worker) as pool:
         return list(
             tqdm(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
                  unit="img", mininterval=2)
@@ -548,7 +560,7 @@ def crop_shard(
     det_dir.mkdir(parents=True, exist_ok=True)
     part = labels.iloc[rows]
     tasks = [
-        _Task(int(i), str(r.image), str(r.path), str(crops_dir / f"{r.image}.jpeg"),
+        CropTask(int(i), str(r.image), str(r.path), str(crops_dir / f"{r.image}.jpeg"),
               str(det_dir / f"{r.image}.jpeg"), params)
         for i, r in zip(rows, part.itertuples(index=False))
     ]
@@ -557,11 +569,9 @@ def crop_shard(
     t0 = time.perf_counter()
     results = run_tasks(tasks, workers, desc=f"crop shard {shard}")
     elapsed = time.perf_counter() - t0
-    table = pd.DataFrame(results, columns=[c for c in SHARD_COLUMNS if c not in LABEL_COLUMNS or c == "path"])
-    table = table.drop(columns=["path"]).assign(path=[r.get("path", "") for r in results])
-    meta = part.reset_index(drop=True).rename(columns={"path": "raw_path"})
-    meta = meta[["image", "patient_id", "eye", "level", "split", "raw_path"]]
-    table = pd.concat([meta, table.reset_index(drop=True)], axis=1)[list(SHARD_COLUMNS)]
+    meta = part.rename(columns={"path": "raw_path"})[["image", "patient_id", "eye", "level", "split", "raw_path"]]
+    table = pd.concat([meta.reset_index(drop=True), pd.DataFrame(results)], axis=1)
+    table = table.reindex(columns=list(SHARD_COLUMNS))
     for column in ("det_width", "det_height", "orig_width", "orig_height", "box_x1", "box_y1",
                    "box_x2", "box_y2", "decode_scale"):
         table[column] = table[column].astype("Int64")
@@ -611,8 +621,8 @@ def merge_shards(
     parts = []
     for t in tables:
         part = pd.read_csv(t, dtype={"image": str, "patient_id": str, "eye": str, "split": str,
-                                      "path": str, "det_path": str, "reason": str, "detail": str},
-                           keep_default_na=False, na_values={c: [""] for c in SHARD_COLUMNS[12:]})
+                                      "raw_path": str, "path": str, "det_path": str, "reason": str,
+                                      "detail": str})
         missing = [c for c in SHARD_COLUMNS if c not in part.columns]
         if missing:
             raise ValueError(f"{t}: missing column(s) {missing}; rerun rule crop_shard")
@@ -644,8 +654,13 @@ def merge_shards(
         raise ValueError(f"{len(absent)} crop file(s) listed as cropped do not exist, e.g. {absent[:3]}; "
                          "rerun rule crop_shard")
 
+    int_columns = ["det_width", "det_height", "orig_width", "orig_height", "box_x1", "box_y1", "box_x2",
+                   "box_y2", "decode_scale"]
+    if ok[int_columns + ["path", "det_path", "box_method"]].isna().any().any():
+        raise ValueError("a cropped row of the shard tables lacks its paths, sizes or box; rerun rule crop_shard")
+    ok = ok.astype({c: "int64" for c in int_columns})
     manifest = ok[list(MANIFEST_COLUMNS)]
-    rejects = rej.rename(columns={"raw_path": "path"})[list(REJECT_COLUMNS)]
+    rejects = rej.drop(columns="path").rename(columns={"raw_path": "path"})[list(REJECT_COLUMNS)]
     with atomic_path(manifest_path) as tmp:
         manifest.to_csv(tmp, index=False)
     with atomic_path(rejects_path) as tmp:
@@ -680,7 +695,7 @@ def merge_shards(
         if n:
             log.warning("  rejected as %s: %d", reason, n)
     if qc_path is not None:
-        qc_figure(manifest, ok["box_method"], summary, qc_path, qc_images)
+        qc_figure(ok, summary, qc_path, qc_images)
     return summary
 
 
@@ -689,45 +704,44 @@ def merge_shards(
 
 def _qc_pick(methods: pd.Series, n: int) -> list[int]:
     """Up to n positions: one per box method first (rarest first), then evenly spread."""
+    methods = methods.reset_index(drop=True)
     picks: list[int] = []
     for method in methods.value_counts(ascending=True).index:
         picks.append(int(np.flatnonzero(methods.to_numpy() == method)[0]))
-    for i in np.linspace(0, len(methods) - 1, num=max(n, 1)).round().astype(int):
-        if len(picks) >= n:
-            break
+    for i in np.linspace(0, len(methods) - 1, num=max(2 * n, 1)).round().astype(int):
         if int(i) not in picks:
             picks.append(int(i))
-    return picks[:n]
+    return sorted(picks[:n])
 
 
-def qc_figure(manifest: pd.DataFrame, methods: pd.Series, summary: dict, path: str | os.PathLike,
-              n: int = 6, tile: int = 256) -> None:
-    """A few raw images with their crop box (red) beside their crops; counts underneath."""
-    manifest = manifest.reset_index(drop=True)
-    methods = methods.reset_index(drop=True)
-    picks = _qc_pick(methods, n) if len(manifest) else []
+def qc_figure(cropped: pd.DataFrame, summary: dict, path: str | os.PathLike, n: int = 6,
+              tile: int = 256) -> None:
+    """A few raw images with their crop box (red) beside their crops; counts underneath.
+
+    ``cropped`` holds shard-table rows (raw_path, path, box_*, orig_*, box_method).
+    """
+    cropped = cropped.reset_index(drop=True)
+    picks = _qc_pick(cropped["box_method"], n) if len(cropped) and n > 0 else []
     font = ImageFont.load_default(size=13)
-    raw_w = 2 * tile
-    row_h = tile + 20
-    height = max(1, len(picks)) * row_h + 60
-    canvas = Image.new("RGB", (raw_w + tile + 30, height), "white")
+    raw_w, row_h = 2 * tile, tile + 22
+    canvas = Image.new("RGB", (raw_w + tile + 30, max(1, len(picks)) * row_h + 50), "white")
     draw = ImageDraw.Draw(canvas)
     for j, i in enumerate(picks):
-        r = manifest.iloc[i]
+        r = cropped.iloc[i]
+        w, h = int(r["orig_width"]), int(r["orig_height"])
         y0 = j * row_h + 5
-        with Image.open(raw_path_of(r)) as raw:
-            raw.draft("RGB", (raw.width // 8 or 1, raw.height // 8 or 1))
-            raw = raw.convert("RGB")
-            scale = min(raw_w / r["orig_width"], tile / r["orig_height"])
-            thumb = raw.resize((max(1, round(r["orig_width"] * scale)), max(1, round(r["orig_height"] * scale))))
+        scale = min(raw_w / w, tile / h)
+        with Image.open(r["raw_path"]) as raw:
+            raw.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
+            thumb = raw.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))))
         canvas.paste(thumb, (5, y0))
-        bx = [r["box_x1"] * scale, r["box_y1"] * scale, r["box_x2"] * scale - 1, r["box_y2"] * scale - 1]
-        draw.rectangle([5 + bx[0], y0 + bx[1], 5 + bx[2], y0 + bx[3]], outline=(255, 0, 0), width=2)
+        x1, y1, x2, y2 = (float(r[c]) * scale for c in ("box_x1", "box_y1", "box_x2", "box_y2"))
+        draw.rectangle([5 + x1, y0 + y1, 5 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
         with Image.open(r["path"]) as crop:
             canvas.paste(crop.convert("RGB").resize((tile, tile), Image.LANCZOS), (raw_w + 20, y0))
-        draw.text((5, y0 + tile + 2),
-                  f"{r['image']} ({r['split']}, level {r['level']}): {r['orig_width']}x{r['orig_height']}, "
-                  f"box {r['box_x1']},{r['box_y1']},{r['box_x2']},{r['box_y2']} ({methods.iloc[i]})",
+        draw.text((5, y0 + tile + 3),
+                  f"{r['image']} ({r['split']}, level {r['level']}): {w}x{h}, box "
+                  f"({r['box_x1']}, {r['box_y1']}, {r['box_x2']}, {r['box_y2']}) {r['box_method']}",
                   fill="black", font=font)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items() if v) or "none"
     y = len(picks) * row_h + 8
@@ -737,7 +751,3 @@ def qc_figure(manifest: pd.DataFrame, methods: pd.Series, summary: dict, path: s
               fill="black", font=font)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
-
-
-def raw_path_of(row: pd.Series) -> str:
-    return row["raw_path"] if "raw_path" in row else row["path"]

@@ -183,7 +183,9 @@ class ZipSource(IdridSource):
         self.path = path
         self._zip = zipfile.ZipFile(path)
         self._lock = threading.Lock()
-        names = [n for n in self._zip.namelist() if "\\" not in n and not _is_junk(n.rstrip("/"))]
+        # Windows tools sometimes write "\\" separators: normalise them.
+        original = {n.replace("\\", "/"): n for n in self._zip.namelist()}
+        names = [n for n in original if not _is_junk(n.rstrip("/"))]
         prefixes = set()
         for name in names:
             parts = PurePosixPath(name).parts
@@ -218,12 +220,12 @@ class ZipSource(IdridSource):
         for name in names:
             if not name.startswith(start) or name == start:
                 continue
-            rel = name[len(start):]
+            rel = name[len(start) :]
             if name.endswith("/"):
                 self.dirs.add(rel.rstrip("/"))
             else:
                 self.files.add(rel)
-                self._members[rel] = name
+                self._members[rel] = original[name]
         for rel in list(self.files) + list(self.dirs):  # zips may omit folder entries
             parent = PurePosixPath(rel).parent
             while str(parent) != ".":
@@ -243,7 +245,11 @@ def _resolve_folder(path: Path) -> Path:
         if (candidate / IMAGES_DIR).is_dir() or (candidate / MASKS_DIR).is_dir():
             return candidate
     zips = sorted(p.name for p in path.glob("*.zip"))
-    hint = f" It holds {', '.join(zips)}: point idrid.path at the zip itself." if zips else ""
+    hint = (
+        f" It holds {', '.join(zips)}: point idrid.path at the zip itself."
+        if zips
+        else ""
+    )
     raise IdridLayoutError(
         f"{path}: neither a '{SEGMENTATION_DIR}' folder nor '{IMAGES_DIR}' / "
         f"'{MASKS_DIR}' folders are inside.{hint} Fix: set idrid.path to the official "
@@ -335,7 +341,11 @@ def scan_layout(
             problems.append(f"missing folder {show(name)}")
     extra = sorted(top - {IMAGES_DIR, MASKS_DIR})
     if extra:
-        log.info("ignoring entries beside the IDRiD folders in %s: %s", where, ", ".join(extra))
+        log.info(
+            "ignoring entries beside the IDRiD folders in %s: %s",
+            where,
+            ", ".join(extra),
+        )
 
     if IMAGES_DIR in dirs:
         expect_folders(IMAGES_DIR, list(SPLITS.values()), list(SPLITS.values()))
@@ -345,12 +355,16 @@ def scan_layout(
                 continue
             subdirs, subfiles = kids(folder)
             for d in subdirs:
-                problems.append(f"unexpected folder {show(d)} (expected only IDRiD_NN.jpg images)")
+                problems.append(
+                    f"unexpected folder {show(d)} (expected only IDRiD_NN.jpg images)"
+                )
             for rel in subfiles:
                 name = PurePosixPath(rel).name
                 m = _IMAGE_RE.match(name)
                 if not m:
-                    problems.append(f"unexpected file {show(rel)} (expected IDRiD_NN.jpg)")
+                    problems.append(
+                        f"unexpected file {show(rel)} (expected IDRiD_NN.jpg)"
+                    )
                     continue
                 stem = m.group(1)
                 if stem in images[split]:
@@ -453,7 +467,11 @@ def _image_size(fh: BinaryIO) -> tuple[int, int]:
         fh.seek(0)
         with tifffile.TiffFile(fh) as tif:
             shape = tif.pages[0].shape
-            if len(shape) == 3 and shape[0] in (1, 2, 3, 4) and shape[-1] not in (1, 2, 3, 4):
+            if (
+                len(shape) == 3
+                and shape[0] in (1, 2, 3, 4)
+                and shape[-1] not in (1, 2, 3, 4)
+            ):
                 return shape[2], shape[1]  # planar: (channels, h, w)
             return shape[1], shape[0]
 
@@ -467,7 +485,9 @@ def check_sizes(source: IdridSource, layout: dict[str, list[IdridImage]]) -> lis
                 with source.open(item.image) as fh:
                     item.width, item.height = _image_size(fh)
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"unreadable image {source.display(item.image)} ({exc})")
+                problems.append(
+                    f"unreadable image {source.display(item.image)} ({exc})"
+                )
                 continue
             for code, rel in item.masks.items():
                 try:
@@ -523,7 +543,11 @@ def read_mask_values(data: bytes) -> np.ndarray:
         import tifffile
 
         arr = tifffile.imread(io.BytesIO(data))
-        if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        if (
+            arr.ndim == 3
+            and arr.shape[0] in (1, 2, 3, 4)
+            and arr.shape[-1] not in (1, 2, 3, 4)
+        ):
             arr = np.moveaxis(arr, 0, -1)
         if arr.ndim == 3 and arr.shape[-1] in (2, 4):
             arr = arr[..., :-1]  # drop alpha
@@ -560,8 +584,16 @@ def mask_to_boxes(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     if not mask.any():
         return np.zeros((0, 5), dtype=np.int64)
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    cols = [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT, cv2.CC_STAT_AREA]
+    _, _, stats, _ = cv2.connectedComponentsWithStats(
+        mask, connectivity=8, ltype=cv2.CV_32S
+    )
+    cols = [
+        cv2.CC_STAT_LEFT,
+        cv2.CC_STAT_TOP,
+        cv2.CC_STAT_WIDTH,
+        cv2.CC_STAT_HEIGHT,
+        cv2.CC_STAT_AREA,
+    ]
     return stats[1:, cols].astype(np.int64)
 
 
@@ -574,7 +606,12 @@ def output_size(width: int, height: int, max_size: int | None) -> tuple[int, int
 
 
 def scale_boxes(
-    boxes: np.ndarray, sx: float, sy: float, width: int, height: int, min_size: float = 0.0
+    boxes: np.ndarray,
+    sx: float,
+    sy: float,
+    width: int,
+    height: int,
+    min_size: float = 0.0,
 ) -> tuple[np.ndarray, int]:
     """Scale (K, 4) [x, y, w, h] boxes by (sx, sy); grow boxes below ``min_size``.
 
@@ -582,7 +619,9 @@ def scale_boxes(
     centre and shifted to stay inside the ``width`` x ``height`` image. Returns the
     boxes (float) and how many were grown.
     """
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array(
+        [sx, sy, sx, sy]
+    )
     grown = np.zeros(len(out), dtype=bool)
     for pos, size, limit in ((0, 2, width), (1, 3, height)):
         small = out[:, size] < min_size
@@ -646,8 +685,13 @@ def _process_image(
         stats = mask_to_boxes(mask)
         if len(stats) == 0:
             level = logging.WARNING if values.max() > 0 else logging.INFO
-            log.log(level, "%s: no lesion pixel above %s (max value %s)",
-                    source.display(rel), threshold, values.max())
+            log.log(
+                level,
+                "%s: no lesion pixel above %s (max value %s)",
+                source.display(rel),
+                threshold,
+                values.max(),
+            )
             empty.append(rel)
             continue
         boxes, grown = scale_boxes(stats[:, :4], sx, sy, new_w, new_h, min_box_size)
@@ -688,10 +732,14 @@ def _size_stats(values: list[float]) -> dict:
     }
 
 
-def _split_summary(items: list[IdridImage], coco: dict, results: list[_ImageResult]) -> dict:
+def _split_summary(
+    items: list[IdridImage], coco: dict, results: list[_ImageResult]
+) -> dict:
     per_class = {}
     for lesion in LESIONS:
-        anns = [a for a in coco["annotations"] if a["category_id"] == lesion.category_id]
+        anns = [
+            a for a in coco["annotations"] if a["category_id"] == lesion.category_id
+        ]
         per_class[lesion.name] = {
             "masks": sum(lesion.code in it.masks for it in items),
             "images_with_boxes": len({a["image_id"] for a in anns}),
@@ -708,7 +756,9 @@ def _split_summary(items: list[IdridImage], coco: dict, results: list[_ImageResu
             im["file_name"] for im in coco["images"] if im["id"] not in with_boxes
         ),
         "original_sizes": sorted({f"{it.width}x{it.height}" for it in items}),
-        "output_sizes": sorted({f"{im['width']}x{im['height']}" for im in coco["images"]}),
+        "output_sizes": sorted(
+            {f"{im['width']}x{im['height']}" for im in coco["images"]}
+        ),
         "per_class": per_class,
         "zero_one_masks": sorted(m for r in results for m in r.zero_one_masks),
         "empty_masks": sorted(m for r in results for m in r.empty_masks),
@@ -758,11 +808,18 @@ def build_idrid_coco(
             log.info("%s: %d images", split, len(items))
 
             def work(item: IdridImage, out_dir: Path = out_dir) -> _ImageResult:
-                return _process_image(source, item, out_dir, mask_threshold, max_size, min_box_size)
+                return _process_image(
+                    source, item, out_dir, mask_threshold, max_size, min_box_size
+                )
 
             with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
                 results = list(
-                    tqdm(pool.map(work, items), total=len(items), desc=f"IDRiD {split}", unit="img")
+                    tqdm(
+                        pool.map(work, items),
+                        total=len(items),
+                        desc=f"IDRiD {split}",
+                        unit="img",
+                    )
                 )
             coco = {
                 "info": {
@@ -776,7 +833,9 @@ def build_idrid_coco(
             }
             for result in results:
                 for ann in result.annotations:
-                    coco["annotations"].append({"id": len(coco["annotations"]) + 1, **ann})
+                    coco["annotations"].append(
+                        {"id": len(coco["annotations"]) + 1, **ann}
+                    )
             write_json(coco_paths[split], coco)
             summary["splits"][split] = _split_summary(items, coco, results)
             log.info(
@@ -785,7 +844,8 @@ def build_idrid_coco(
                 len(coco["images"]),
                 len(coco["annotations"]),
                 ", ".join(
-                    f"{name} {c['boxes']}" for name, c in summary["splits"][split]["per_class"].items()
+                    f"{name} {c['boxes']}"
+                    for name, c in summary["splits"][split]["per_class"].items()
                 ),
             )
     write_json(summary_path, summary)
@@ -842,7 +902,11 @@ def draw_qc(
             x, y, w, h = ann["bbox"]
             ax.add_patch(
                 Rectangle(
-                    (x, y), w, h, fill=False, linewidth=0.8,
+                    (x, y),
+                    w,
+                    h,
+                    fill=False,
+                    linewidth=0.8,
                     edgecolor=CLASS_COLOURS.get(ann["category_id"], "white"),
                 )
             )
@@ -850,9 +914,14 @@ def draw_qc(
             f"{names[c]} {sum(a['category_id'] == c for a in anns)}"
             for c in sorted({a["category_id"] for a in anns})
         )
-        ax.set_title(f"{im['file_name']} ({im['width']}x{im['height']}): {counts or 'no boxes'}",
-                     fontsize=8)
-    handles = [Patch(edgecolor=CLASS_COLOURS[c], facecolor="none", label=names[c]) for c in sorted(names)]
+        ax.set_title(
+            f"{im['file_name']} ({im['width']}x{im['height']}): {counts or 'no boxes'}",
+            fontsize=8,
+        )
+    handles = [
+        Patch(edgecolor=CLASS_COLOURS[c], facecolor="none", label=names[c])
+        for c in sorted(names)
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     with atomic_path(out_png) as tmp:

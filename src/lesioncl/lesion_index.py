@@ -123,10 +123,14 @@ def predict_shard(
     batch_size: int = 8,
     device: str = "auto",
     workers: int = 0,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Run the detector on one shard of the train+val crops; write all raw detections."""
+    import torch
+
     from lesioncl.detector.inference import LesionDetector  # heavy: mmdet
 
+    torch.set_num_threads(max(1, threads))
     manifest_path = Path(manifest_path)
     rows = shard_rows(read_crop_manifest(manifest_path), shard, n_shards)
     missing = [p for p in rows["det_path"] if not Path(p).is_file()]
@@ -178,7 +182,8 @@ def read_detections(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         missing = [c for c in DETECTION_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing}; rerun lesions_predict")
-        tables.append(table[DETECTION_COLUMNS])
+        if len(table):
+            tables.append(table[DETECTION_COLUMNS])
     if not tables:
         return pd.DataFrame(columns=DETECTION_COLUMNS)
     return pd.concat(tables, ignore_index=True)

@@ -63,7 +63,11 @@ def _eyepacs_labels_input(wildcards):
     if _EYEPACS["source"] != "folder":
         return {"raw": raw}  # produced by synthetic.smk or eyepacs_unpack
     labels = check_raw_layout(raw)  # clear error: missing folder / CSV and the fix
-    return {"raw": raw, "train_csv": str(labels["train"]), "test_csv": str(labels["test"])}
+    return {
+        "raw": raw,
+        "train_csv": str(labels["train"]),
+        "test_csv": str(labels["test"]),
+    }
 
 
 rule eyepacs_labels:

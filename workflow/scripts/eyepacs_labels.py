@@ -1,5 +1,6 @@
 """Snakemake adapter of rule eyepacs_labels: raw folder -> labels.csv, summary, problems."""
 
+from lesioncl.eyepacs import EyepacsError
 from lesioncl.eyepacs.labels import write_labels
 from lesioncl.utils import setup_logging
 
@@ -14,6 +15,9 @@ try:
         expect_full=snakemake.params.expect_full,  # noqa: F821
         error_problems_csv=snakemake.params.error_problems,  # noqa: F821
     )
+except EyepacsError as exc:  # bad input: the message says what to do, no traceback
+    log.error("rule eyepacs_labels failed: %s", exc)
+    raise SystemExit(1)
 except Exception:
     log.exception("rule eyepacs_labels failed")
     raise

@@ -7,7 +7,10 @@ log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 try:
     build_idrid_coco(
         source_path=snakemake.input[0],  # noqa: F821
-        coco_paths={"train": snakemake.output.train, "test": snakemake.output.test},  # noqa: F821
+        coco_paths={
+            "train": snakemake.output.train,
+            "test": snakemake.output.test,
+        },  # noqa: F821
         images_dir=snakemake.output.images,  # noqa: F821
         summary_path=snakemake.output.summary,  # noqa: F821
         qc_path=snakemake.output.qc,  # noqa: F821

@@ -72,7 +72,7 @@ class LesionDetector:
 
     def __init__(self, config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str = "auto") -> None:
         from mmengine.config import Config
-        from mmdet.apis import init_detector
+        from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
 
         from lesioncl.detector.compat import apply_patches
@@ -84,7 +84,9 @@ class LesionDetector:
             raise FileNotFoundError(f"detector config not found: {config_path}; run the detector_train rule")
         self.cfg = Config.fromfile(str(config_path))
         self.device = resolve_device(device)
-        model = init_detector(self.cfg, checkpoint=None, device="cpu")
+        model_cfg = self.cfg.model.copy()
+        model_cfg.backbone.init_cfg = None  # all weights come from the state_dict
+        model = MODELS.build(model_cfg)
         state = load_plain_state_dict(weights_path)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:

@@ -142,7 +142,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         return (len(self.images) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        chunk = np.ascontiguousarray(self.images[i * self.batch_size:(i + 1) * self.batch_size])
+        chunk = np.array(self.images[i * self.batch_size:(i + 1) * self.batch_size], copy=True)
         return torch.from_numpy(chunk)
 
 

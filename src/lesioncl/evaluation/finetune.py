@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -50,7 +49,7 @@ from lesioncl.evaluation.features import (
     to_float,
 )
 from lesioncl.evaluation.fractions import read_fractions
-from lesioncl.evaluation.linear import skipped_result
+from lesioncl.evaluation.linear import clear_event_files, skipped_result
 from lesioncl.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     N_LEVELS,
@@ -163,7 +162,7 @@ class IndexedImages(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        img = torch.from_numpy(np.ascontiguousarray(self.images[self.indices[i]]))
+        img = torch.from_numpy(np.array(self.images[self.indices[i]], copy=True))
         return img, int(self.levels[i])
 
 
@@ -298,7 +297,7 @@ def finetune(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(y)
+            total += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         scores = predict(model, val_images, s.input_size, s.eval_batch_size, device, s.amp,
@@ -416,6 +415,8 @@ def run_finetune(
     if tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
 
+        if not (checkpoint and Path(checkpoint).is_file()):
+            clear_event_files(tensorboard_dir)  # a fresh run; a resumed one continues its curves
         writer = SummaryWriter(str(tensorboard_dir))
     try:
         fit = finetune(

@@ -104,8 +104,29 @@ def read_fractions(path, fraction: float) -> pd.DataFrame:
     col = fraction_column(fraction)
     if col not in df.columns:
         raise ValueError(
-            f"{path}: has no column {col!r} (columns: {list(df.columns)}); the fractions file "
-            "is stale, delete it so that the workflow draws it again"
+            f"{path}: has no column {col!r} (columns: {list(df.columns)}); add {fraction_tag(fraction)} "
+            "to evaluation.fractions (the file is stale otherwise: delete it to draw it again)"
         )
     mask = df[col].astype(str).str.lower().isin(["true", "1"])
     return df.loc[mask, ["image", "level"]].reset_index(drop=True)
+
+
+def write_fractions(train_csv, fractions: Sequence[float], seed: int, output) -> pd.DataFrame:
+    """Draw the fractions of the training rows of ``train_csv`` (the cache CSV) and save them."""
+    from lesioncl.utils import atomic_path
+
+    rows = pd.read_csv(train_csv)
+    if "split" in rows.columns and len(rows) and set(rows["split"].unique()) != {"train"}:
+        raise ValueError(
+            f"{train_csv}: expected only split=train rows, found {sorted(rows['split'].unique())}; "
+            "pass the training cache CSV (results/cache/crops_train.csv)"
+        )
+    if len(rows) == 0:
+        raise ValueError(f"{train_csv}: no training images; check the crop stage")
+    try:
+        table = sample_fractions(rows, fractions, seed)
+    except ValueError as err:
+        raise ValueError(f"{train_csv}: {err}") from err
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, index=False)
+    return table

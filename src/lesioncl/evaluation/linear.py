@@ -23,6 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ def train_linear(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
         head.eval()
         with torch.no_grad():
@@ -183,6 +184,14 @@ def _subset_features(train: dict, fraction_rows, features_path) -> tuple[np.ndar
     return train["features"][idx], levels
 
 
+def clear_event_files(directory) -> None:
+    """Delete old TensorBoard event files in ``directory`` (so a rerun does not overlay them)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for f in directory.rglob("events.out.tfevents.*"):
+            f.unlink()
+
+
 def skipped_result(method: str, evaluation: str, fraction: float, seed: int, reason: str) -> dict:
     """The result record of a method that could not run (shown as 'skipped' in the table)."""
     return {
@@ -229,6 +238,7 @@ def run_linear(
     if tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
 
+        clear_event_files(tensorboard_dir)  # a rerun starts a fresh curve
         writer = SummaryWriter(str(tensorboard_dir))
     try:
         res = linear_evaluation(

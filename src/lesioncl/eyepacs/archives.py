@@ -215,7 +215,7 @@ def _corrupt(
             Path(manifest).unlink(missing_ok=True)
         fix = (
             f"deleted {names} (and the download manifest): rerun Snakemake to download "
-            "them again"
+            f"{'it' if len(bad) == 1 else 'them'} again"
         )
     else:
         fix = f"replace {names} with an intact copy"

@@ -223,7 +223,7 @@ def list_competition_files(api: Any, competition: str) -> dict[str, int | None]:
     token = None
     for _ in range(1000):
         response = call_api(
-            lambda: api.competition_list_files(competition, page_token=token, page_size=200),
+            lambda: api.competition_list_files(competition, page_token=token, page_size=20),
             competition, "listing the competition's files",
         )
         items = getattr(response, "files", response) or []
@@ -246,9 +246,18 @@ def is_needed(name: str) -> bool:
     return any(base in (label, f"{label}.zip") for label in LABEL_FILES.values())
 
 
-def check_complete_listing(names: list[str], where: str) -> None:
-    """Raise when the needed files lack an image archive or a label file."""
+def check_complete_listing(names: list[str], where: str, archives_dir: Path | None = None) -> None:
+    """Raise when the needed files lack an image archive or a label file.
+
+    A label file absent from ``names`` but already in ``archives_dir`` (put there
+    by hand) is fine.
+    """
     bases = [n.rsplit("/", 1)[-1] for n in names]
+    if archives_dir is not None:
+        bases += [
+            name for label in LABEL_FILES.values() for name in (label, f"{label}.zip")
+            if (archives_dir / name).is_file()
+        ]
     stems = {m["stem"] for m in (PART_RE.match(b) or SINGLE_RE.match(b) for b in bases) if m}
     problems = [f"{stem}.zip.001…" for stem in IMAGE_DIRS if stem not in stems]
     for label in LABEL_FILES.values():
@@ -258,8 +267,9 @@ def check_complete_listing(names: list[str], where: str) -> None:
         raise EyepacsError(
             f"{where} lacks {', '.join(problems)}; the competition's files are "
             "train.zip.001…, test.zip.001…, trainLabels.csv.zip and retinopathy_solution.csv. "
-            "Download the missing ones from the competition's data page into the archives "
-            "folder, or use eyepacs.source: folder"
+            "Download the missing ones from the competition's data page into "
+            f"{archives_dir if archives_dir is not None else 'the archives folder'} and rerun, "
+            "or use eyepacs.source: folder"
         )
 
 
@@ -366,6 +376,7 @@ def extract_from_bundle(bundle: Path, archives_dir: Path) -> dict[str, int]:
                     f"{bundle}: member {info.filename} is corrupt ({exc}); delete {bundle} "
                     "and rerun to download the files one by one"
                 ) from exc
+    log.info("the needed files are in %s; %s may be deleted to free space", archives_dir, bundle)
     return files
 
 
@@ -392,13 +403,24 @@ def download_competition(competition: str, download_dir: str | os.PathLike, api:
     if not listing:
         # Some clients list nothing for old competitions: fall back to the
         # one-zip download of everything, then take the parts out of it.
+        # Downloaded beside, renamed when complete: a broken transfer never
+        # leaves a truncated zip under the name that is used without checks.
         log.warning("Kaggle listed no files for %s; downloading the whole competition zip", competition)
+        staging = download_dir / ".downloading"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         call_api(
-            lambda: api.competition_download_files(competition, path=str(download_dir), force=True, quiet=False),
+            lambda: api.competition_download_files(competition, path=str(staging), force=True, quiet=False),
             competition, "downloading the competition zip",
         )
-        if not bundle.is_file():
-            raise EyepacsError(f"the competition download did not produce {bundle}; rerun")
+        got = [p for p in staging.iterdir() if p.is_file()]
+        if len(got) != 1 or not zipfile.is_zipfile(got[0]):
+            raise EyepacsError(
+                f"the competition download left {[p.name for p in got]} in {staging}, not one "
+                "complete zip; rerun"
+            )
+        os.replace(got[0], bundle)
+        shutil.rmtree(staging, ignore_errors=True)
         files = extract_from_bundle(bundle, archives_dir)
         return {"competition": competition, "source": str(bundle), "files": files}
 
@@ -406,7 +428,7 @@ def download_competition(competition: str, download_dir: str | os.PathLike, api:
     skipped = sorted(set(listing) - set(needed))
     if skipped:
         log.info("not needed, not downloaded: %s", ", ".join(skipped))
-    check_complete_listing(list(needed), f"the Kaggle listing of {competition}")
+    check_complete_listing(list(needed), f"the Kaggle listing of {competition}", archives_dir)
     todo = 0
     for name, size in needed.items():
         target = archives_dir / Path(name).name

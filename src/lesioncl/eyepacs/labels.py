@@ -142,8 +142,13 @@ def _problems(df: pd.DataFrame, folder, raw_dir: Path, reason: str, detail) -> p
     return out[PROBLEM_COLUMNS]
 
 
-def _validate_rows(df: pd.DataFrame, key: str, path: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """Parse and check a label CSV's rows; returns the good rows and the problems."""
+def _validate_rows(df: pd.DataFrame, key: str, path: Path,
+                   raw_dir: Path) -> tuple[pd.DataFrame, list[pd.DataFrame], set[str]]:
+    """Parse and check a label CSV's rows.
+
+    Returns the good rows, the problems, and every well-named image of the file
+    (a file whose row is bad is not also reported as unlabelled).
+    """
     folder = key  # trainLabels.csv -> train/, retinopathy_solution.csv -> test/
     problems = []
     df = df.copy()
@@ -186,7 +191,7 @@ def _validate_rows(df: pd.DataFrame, key: str, path: Path, raw_dir: Path) -> tup
         ))
         bad |= dup
     df["folder"] = folder
-    return df[~bad], problems
+    return df[~bad], problems, set(df.loc[~bad_name, "image"])
 
 
 def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
@@ -199,11 +204,11 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
     raw_dir = Path(raw_dir)
     label_paths = check_raw_layout(raw_dir)
 
-    rows, problems, label_rows = [], [], {}
+    rows, problems, label_rows, named = [], [], {}, {}
     for key in ("train", "test"):
         df = _read_label_csv(label_paths[key], key)
         label_rows[label_paths[key].name] = len(df)
-        good, found = _validate_rows(df, key, label_paths[key], raw_dir)
+        good, found, named[key] = _validate_rows(df, key, label_paths[key], raw_dir)
         rows.append(good)
         problems.extend(found)
     labels = pd.concat(rows, ignore_index=True)
@@ -243,10 +248,9 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         detail[elsewhere] = "no image file here; the file is in " + other_folder[elsewhere] + "/"
         problems.append(_problems(missing, missing["folder"], raw_dir, "missing_file", detail))
     labels = labels[has_file]
-    labelled = {folder: set(labels.loc[labels["folder"] == folder, "image"]) for folder in IMAGE_DIRS}
-    all_labelled = set().union(*labelled.values()) if labelled else set()
+    all_labelled = named["train"] | named["test"]
     for folder in IMAGE_DIRS:
-        extra = sorted(files[folder] - labelled[folder])
+        extra = sorted(files[folder] - named[folder])
         if extra:
             detail = [
                 f"no label row in {LABEL_FILES[folder]}" + ("" if img not in all_labelled else " (labelled for the other folder)")
@@ -350,7 +354,8 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
 
 
 def _first(rows: pd.DataFrame, n: int = 10) -> str:
-    names = [f"{f} ({r})" for f, r in zip(rows["file"].head(n), rows["reason"].head(n))]
+    head = rows.head(n)
+    names = [f"{f} ({r}: {d})" for f, r, d in zip(head["file"], head["reason"], head["detail"])]
     more = f" … and {len(rows) - n} more" if len(rows) > n else ""
     return ", ".join(names) + more
 

@@ -150,7 +150,14 @@ class LesionPairDataset(_CacheDataset):
         self.items: list[tuple[int, np.ndarray]] = []
         empty = 0
         for name, image_boxes in boxes.items():
-            arr = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4) if len(image_boxes) else np.zeros((0, 4))
+            arr = np.asarray(image_boxes, dtype=np.float64)
+            if arr.size == 0:
+                arr = np.zeros((0, 4))
+            if arr.ndim != 2 or arr.shape[1] != 4:
+                raise ValueError(
+                    f"{index_file}: image {name} has boxes of shape {arr.shape}, expected a list "
+                    "of (x1, y1, x2, y2); rebuild the lesion index"
+                )
             valid = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1]) & np.isfinite(arr).all(axis=1)
             if not valid.all():
                 raise ValueError(
@@ -201,7 +208,8 @@ class EpochSampler(Sampler):
 
     Rank ``r`` gets positions ``r, r + W, r + 2W, ...`` of the permutation, so local batch
     ``b`` of every rank together is exactly global batch ``b`` of a single-process run.
-    Call :meth:`set_epoch` before each epoch (the epoch is the sampler's whole state).
+    Call :meth:`set_epoch` before each epoch; ``skip`` drops this rank's first samples
+    (a run resumed mid-epoch). ``(epoch, skip)`` is the sampler's whole state.
     """
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -209,13 +217,13 @@ class EpochSampler(Sampler):
             raise ValueError(f"{n} samples cannot be split across {world_size} ranks")
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self) -> int:
-        return self.n // self.world_size
+        return max(0, self.n // self.world_size - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -223,6 +231,6 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        order = order[: len(self) * self.world_size]
-        for index in order[self.rank :: self.world_size]:
+        order = order[: (self.n // self.world_size) * self.world_size]
+        for index in order[self.rank :: self.world_size][self.skip :]:
             yield self.epoch, index

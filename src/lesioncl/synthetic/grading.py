@@ -32,7 +32,7 @@ LESION_KINDS = (
 #: Grade 3 (severe NPDR) needs at least this many intraretinal haemorrhages ...
 SEVERE_MIN_HAEMORRHAGES = 15
 #: ... with at least one in each of this many quadrants of the field of view.
-SEVERE_MIN_QUADRANTS = 4
+SEVERE_MIN_QUADRANTS = 3
 
 #: Lesion extents in pixels of a 512 px wide field of view (diameter of the disk).
 #: (low, high) of the drawn size: the diameter for round lesions, the longest
@@ -110,19 +110,19 @@ def sample_lesion_counts(grade: int, rng: np.random.Generator, rich: bool = Fals
         n[MICROANEURYSM] = between(6, 20) if rich else between(2, 15)
         n[HAEMORRHAGE] = between(3, 12) if rich else between(0, 10)
         n[HARD_EXUDATE] = between(2, 6) if rich else between(0, 4)
-        n[SOFT_EXUDATE] = between(0, 3) if rich else between(0, 2)
+        n[SOFT_EXUDATE] = _rich_soft(rng) if rich else between(0, 2)
         if n[HAEMORRHAGE] + n[HARD_EXUDATE] + n[SOFT_EXUDATE] == 0:
             n[(HAEMORRHAGE, HARD_EXUDATE, SOFT_EXUDATE)[between(0, 2)]] = 1
     elif grade == 3:
         n[MICROANEURYSM] = between(12, 30) if rich else between(8, 25)
         n[HAEMORRHAGE] = between(18, 32) if rich else between(SEVERE_MIN_HAEMORRHAGES, 30)
         n[HARD_EXUDATE] = between(3, 10) if rich else between(1, 8)
-        n[SOFT_EXUDATE] = between(1, 5) if rich else between(0, 4)
+        n[SOFT_EXUDATE] = _rich_soft(rng) if rich else between(0, 4)
     elif grade == 4:
         n[MICROANEURYSM] = between(12, 30) if rich else between(6, 25)
         n[HAEMORRHAGE] = between(12, 30) if rich else between(8, 30)
         n[HARD_EXUDATE] = between(2, 10) if rich else between(0, 8)
-        n[SOFT_EXUDATE] = between(1, 5) if rich else between(0, 4)
+        n[SOFT_EXUDATE] = _rich_soft(rng) if rich else between(0, 4)
         kind = rng.random()
         if kind < 0.6:  # new vessels only
             n[NEOVASCULARISATION] = between(1, 3)
@@ -132,6 +132,11 @@ def sample_lesion_counts(grade: int, rng: np.random.Generator, rich: bool = Fals
             n[NEOVASCULARISATION] = between(1, 2)
             n[PRERETINAL_HAEMORRHAGE] = 1
     return n
+
+
+def _rich_soft(rng: np.random.Generator) -> int:
+    """Soft exudates of a lesion-rich image: about half have none (IDRiD: 40 of 81 have any)."""
+    return 0 if rng.random() < 0.5 else int(rng.integers(1, 5))
 
 
 def haemorrhage_spread_needed(grade: int) -> bool:

@@ -151,7 +151,9 @@ def eyepacs_geometry(rng: np.random.Generator, min_height: int, max_height: int,
     top and bottom; 10 %: a nearly square frame.
     """
     if not 0 < min_height <= max_height:
-        raise ValueError(f"synthetic heights need 0 < min_height <= max_height, got {min_height}, {max_height}")
+        raise ValueError(
+            f"synthetic heights need 0 < min_height <= max_height, got {min_height}, {max_height}"
+        )
     height = int(rng.integers(min_height, max_height + 1))
     style = rng.random()
     if style < 0.7:
@@ -454,12 +456,26 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: tuple[int, in
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-mean, unit-variance triangular noise (the sum of two random bytes).
+
+    Close enough to Gaussian sensor noise and several times faster to draw.
+    """
+    n = int(np.prod(shape))
+    u = np.frombuffer(rng.bytes(2 * n), np.uint8).reshape(2, *shape)
+    noise = u[0].astype(np.float32)
+    noise += u[1]
+    noise -= np.float32(255.0)
+    noise *= np.float32(1.0 / math.sqrt(2 * (256**2 - 1) / 12))
+    return noise
+
+
 def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Branching vessel trees from the disc: the four arcades, veins and arteries."""
     s = g.scale
     canvases = (np.zeros((g.height, g.width), np.uint8), np.zeros((g.height, g.width), np.uint8))
     temporal = 1.0 if g.macula_x >= g.disc_x else -1.0
-    step = max(1.5, 2.5 * s)
+    step = max(2.0, 3.5 * s)
     for kind, canvas in enumerate(canvases):  # 0 veins, 1 arteries
         w0 = (rng.uniform(4.2, 5.6) if kind == 0 else rng.uniform(3.2, 4.2)) * s
         off = math.radians(rng.uniform(-12, 12))
@@ -575,7 +591,10 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     disc_mask = _paint_disc(look_rng, geom, albedo)
     veins, arteries = _draw_vessels(look_rng, geom)
     contrast = look_rng.uniform(0.7, 1.0)
-    albedo *= 1.0 - contrast * (veins[..., None] * _VEIN + arteries[..., None] * _ARTERY)
+    dark = np.stack([veins, arteries], axis=-1) @ (np.float32(contrast) * np.stack([_VEIN, _ARTERY]))
+    np.subtract(np.float32(1.0), dark, out=dark)
+    albedo *= dark
+    del dark
     _paint_macula(look_rng, geom, albedo)
 
     # camera: illumination fall-off, a tilt, exposure, haze, noise
@@ -588,7 +607,7 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     haze_col = np.array([0.8, 0.6, 0.45], np.float32) * gain
     noise_in = look_rng.uniform(1.0, 3.5)
     noise_bg = look_rng.uniform(0.5, 1.5)
-    noise = look_rng.standard_normal((H, W, 3), dtype=np.float32)
+    noise = _sensor_noise(look_rng, (H, W, 3))
 
     lesions = draw_lesions(geom, counts, lesion_rng, spread_haemorrhages)
     paint_lesions(albedo, lesions)
@@ -596,10 +615,13 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     illum = gain * (1 - vignette * np.power(np.minimum(rn, 1.0), power))
     illum *= 1 + tilt * (xx * math.cos(tilt_dir) + yy * math.sin(tilt_dir)) / np.float32(geom.radius)
     fov = _coverage(np.float32(geom.radius) - r)
-    img = albedo * (illum * (1 - haze) * fov)[..., None]
+    img = albedo
+    img *= (illum * np.float32((1 - haze) * 255.0) * fov)[..., None]
     if haze:
-        img += (haze * fov)[..., None] * haze_col
-    img *= 255.0
-    img += noise * (noise_bg + (noise_in - noise_bg) * fov)[..., None]
-    image = np.clip(img, 0, 255).round().astype(np.uint8)
+        img += (np.float32(haze * 255.0) * fov)[..., None] * haze_col
+    noise *= (np.float32(noise_bg) + np.float32(noise_in - noise_bg) * fov)[..., None]
+    img += noise
+    img += np.float32(0.5)  # rounding by truncation below
+    np.clip(img, 0, 255, out=img)
+    image = img.astype(np.uint8)
     return Rendered(image, geom, lesions, disc_mask)

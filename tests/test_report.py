@@ -1,0 +1,122 @@
+"""The kappa table (CSV/Markdown) and the report figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesioncl.report import (
+    format_cell,
+    kappa_markdown,
+    kappa_table,
+    load_results,
+    plot_confusion_matrices,
+    plot_finetune_curves,
+    plot_kappa_vs_fraction,
+    plot_pretrain_curves,
+    write_tables,
+)
+
+METHODS = ["lesion_cl", "random", "imagenet"]
+FRACTIONS = [0.1, 1.0]
+
+
+def _result(method, evaluation, fraction, seed, kappa, skipped=False):
+    if skipped:
+        return {"method": method, "evaluation": evaluation, "fraction": fraction, "seed": seed,
+                "skipped": True, "skip_reason": "ImageNet weights not available offline"}
+    cm = np.eye(5, dtype=int) * 3
+    return {"method": method, "evaluation": evaluation, "fraction": fraction, "seed": seed,
+            "skipped": False, "n_train": 10, "selected": {"epoch": 2},
+            "val": {"kappa": kappa - 0.01, "accuracy": 0.5, "confusion_matrix": cm.tolist(), "n": 15},
+            "test": {"kappa": kappa, "accuracy": 0.6, "confusion_matrix": cm.tolist(), "n": 15}}
+
+
+@pytest.fixture
+def result_files(tmp_path):
+    runs = []
+    for evaluation in ("linear", "finetune"):
+        for fraction in FRACTIONS:
+            for seed, delta in ((0, 0.0), (1, 0.02)):
+                runs.append(_result("lesion_cl", evaluation, fraction, seed, 0.5 + fraction * 0.2 + delta))
+            runs.append(_result("random", evaluation, fraction, 0, 0.1 + fraction * 0.1))
+            runs.append(_result("imagenet", evaluation, fraction, 0, 0.0, skipped=True))
+    runs = [r for r in runs if not (r["method"] == "random" and r["evaluation"] == "finetune"
+                                    and r["fraction"] == 0.1)]  # one cell left missing
+    paths = []
+    for i, r in enumerate(runs):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps(r))
+        paths.append(p)
+    return paths
+
+
+def test_format_cell():
+    assert format_cell(0.81234, 0.0101, 3) == "0.812 ± 0.010"
+    assert format_cell(0.81234, np.nan, 1) == "0.812"
+    assert format_cell(0.81234, 0.3, 1) == "0.812"  # one seed: no std shown
+    assert format_cell(np.nan, np.nan, 0, "skipped") == "skipped"
+    assert format_cell(np.nan, np.nan, 0, "missing") == "–"
+
+
+def test_table_fills_every_cell(result_files):
+    results, _ = load_results(result_files)
+    table = kappa_table(results, METHODS, FRACTIONS)
+    assert len(table) == 2 * len(METHODS) * len(FRACTIONS)
+    assert not table.duplicated(["method", "evaluation", "fraction"]).any()
+    row = table[(table.method == "lesion_cl") & (table.evaluation == "linear") & (table.fraction == 1.0)].iloc[0]
+    assert row.n_seeds == 2 and row.status == "ok"
+    assert row.test_kappa_mean == pytest.approx(0.71)
+    assert row.test_kappa_std == pytest.approx(np.std([0.7, 0.72], ddof=1))
+    single = table[(table.method == "random") & (table.evaluation == "linear") & (table.fraction == 0.1)].iloc[0]
+    assert single.n_seeds == 1 and np.isnan(single.test_kappa_std)
+    assert set(table[table.method == "imagenet"].status) == {"skipped"}
+    assert "offline" in table[table.method == "imagenet"].skip_reason.iloc[0]
+    missing = table[(table.method == "random") & (table.evaluation == "finetune") & (table.fraction == 0.1)]
+    assert missing.status.iloc[0] == "missing"
+
+
+def test_markdown_layout(result_files, tmp_path):
+    results, _ = load_results(result_files)
+    table = kappa_table(results, METHODS, FRACTIONS)
+    md = kappa_markdown(table, METHODS, FRACTIONS)
+    assert "## Linear evaluation" in md and "## Fine-tuning" in md
+    assert "| method | 10% | 100% |" in md
+    assert "| lesion_cl | 0.530 ± 0.014 | 0.710 ± 0.014 |" in md
+    assert "| random | 0.110 | 0.200 |" in md
+    assert "| imagenet | skipped | skipped |" in md
+    assert "| random | – | 0.200 |" in md  # the missing fine-tune cell
+    write_tables(table, tmp_path / "t" / "kappa.csv", tmp_path / "t" / "kappa.md", METHODS, FRACTIONS)
+    back = pd.read_csv(tmp_path / "t" / "kappa.csv")
+    assert {"method", "evaluation", "fraction", "n_seeds", "val_kappa_mean", "test_kappa_mean",
+            "test_kappa_std"} <= set(back.columns)
+    assert len(back) == len(table)
+
+
+def test_bad_result_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"method\": \"x\"}")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_results([bad])
+
+
+def test_figures(result_files, tmp_path):
+    results, raw = load_results(result_files)
+    table = kappa_table(results, METHODS, FRACTIONS)
+    plot_kappa_vs_fraction(table, "linear", tmp_path / "k.png")
+    plot_confusion_matrices(raw, METHODS, ["linear", "finetune"], tmp_path / "cm.png")
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [5.0, 4.0, 3.5], "val_loss": [np.nan, 4.2, np.nan],
+                  "lr": [0.1] * 3, "pairs_per_s": [1.0] * 3}).to_csv(tmp_path / "h.csv", index=False)
+    plot_pretrain_curves({"lesion_cl": tmp_path / "h.csv"}, tmp_path / "pre.png")
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.0, 0.8], "val_kappa": [0.2, 0.4],
+                  "val_accuracy": [0.5, 0.6], "lr": [1e-3, 0.0], "seconds": [1, 1]}).to_csv(
+        tmp_path / "ft.csv", index=False)
+    pd.DataFrame(columns=["epoch", "train_loss", "val_kappa"]).to_csv(tmp_path / "empty.csv", index=False)
+    plot_finetune_curves({"lesion_cl": tmp_path / "ft.csv", "imagenet": tmp_path / "empty.csv"},
+                         tmp_path / "ftc.png")
+    for name in ("k.png", "cm.png", "pre.png", "ftc.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

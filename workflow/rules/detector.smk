@@ -1,0 +1,49 @@
+# The IDRiD lesion detector (REFERENCE.md "Lesion detector"): Faster R-CNN + FPN with
+# MMDetection 3.x, its config generated in Python from config["detector"]. Trains on
+# results/idrid/coco_train.json, publishes a plain state_dict + the mmdet config, and
+# evaluates the published model on the testing set (COCO bbox metrics).
+
+_DET = config["detector"]
+
+
+def _detector_runtime(wildcards, attempt):
+    """Minutes: ~2 per epoch on CPU for the demo, generous for the real run on a GPU."""
+    return int(30 + 3 * _DET["epochs"]) * attempt
+
+
+rule detector_train:
+    input:
+        train=f"{RESULTS}/idrid/coco_train.json",
+        test=f"{RESULTS}/idrid/coco_test.json",
+        images=f"{RESULTS}/idrid/images",
+    output:
+        model=f"{RESULTS}/detector/model.pth",
+        config=f"{RESULTS}/detector/mmdet_config.py",
+        metrics=report(
+            f"{RESULTS}/detector/metrics.json",
+            caption="../report/detector_metrics.rst",
+            category="Lesion detector",
+        ),
+        curves=report(
+            f"{RESULTS}/detector/training_curves.png",
+            caption="../report/detector_curves.rst",
+            category="Lesion detector",
+        ),
+        work=directory(f"{RESULTS}/detector/work"),
+    params:
+        detector=_DET,
+        seed=config["seed"],
+        device=torch_device(),
+    log:
+        f"{LOGS}/detector_train/detector_train.log",
+    benchmark:
+        f"{BENCH}/detector_train/detector_train.tsv"
+    threads: max(1, _DET["workers"])
+    resources:
+        mem_mb=16000,
+        runtime=_detector_runtime,
+        **gpu_resources("detector"),
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/detector_train.py"

@@ -1,0 +1,231 @@
+# DR-grading evaluation (REFERENCE.md "Evaluation"): every compared initialisation
+# (wildcard `method`) is evaluated by a linear classifier on its frozen features
+# and by the authors' fine-tuning recipe, on nested stratified label fractions of
+# the training set; selection on val (Usage=Public), kappa on test (Usage=Private).
+#   eval_fractions  results/cache/crops_train.csv -> results/eval/fractions/seed{seed}.csv
+#   eval_features   backbone + cache -> results/eval/features/{method}/{split}.npz
+#   eval_linear     features + fractions -> results/eval/linear/{method}/frac{fraction}_seed{seed}.json
+#   eval_finetune   backbone + cache + fractions -> results/eval/finetune/{method}/frac{fraction}_seed{seed}.json
+import re
+
+_EVAL = config["evaluation"]
+_LIN = _EVAL["linear"]
+_FT = _EVAL["finetune"]
+EVAL_ARCH = config["pretrain"]["arch"]
+
+
+def _fraction_tag(fraction):
+    """Same text as lesioncl.evaluation.fractions.fraction_tag (0.1 -> '0.1', 1.0 -> '1')."""
+    return f"{float(fraction):g}"
+
+
+EVAL_FRACTIONS = [_fraction_tag(f) for f in _EVAL["fractions"]]
+EVAL_SEEDS = list(_EVAL["seeds"])
+FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
+EVAL_METHODS = list(_EVAL["methods"]) + [
+    m for m in _EVAL["extra_weights"] if m not in _EVAL["methods"]
+]
+EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
+
+
+def _check_methods():
+    sizes = [int(s) for s in config["pretrain"]["simclr_sizes"]]
+    for method in EVAL_METHODS:
+        if method in _EVAL["extra_weights"] or method in ("lesion_cl", "random", "imagenet"):
+            continue
+        m = re.fullmatch(r"simclr_(\d+)", method)
+        if m is None:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r}; use lesion_cl, simclr_<size>, "
+                "random, imagenet or a name defined in evaluation.extra_weights"
+            )
+        if int(m.group(1)) not in sizes:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r} but pretrain.simclr_sizes is "
+                f"{sizes}; add {m.group(1)} there or drop the method"
+            )
+
+
+_check_methods()
+
+
+def eval_weights(wildcards):
+    """The backbone file a method starts from ([] for random and hub-cache ImageNet)."""
+    method = wildcards.method
+    if method in _EVAL["extra_weights"]:
+        return [_EVAL["extra_weights"][method]]
+    if method == "imagenet":
+        return [_EVAL["imagenet_weights"]] if _EVAL["imagenet_weights"] else []
+    if method == "random":
+        return []
+    return [f"{RESULTS}/pretrain/{method}/backbone.pth"]
+
+
+def _cache(split):
+    return {
+        f"{split}_npy": f"{RESULTS}/cache/crops_{split}.npy",
+        f"{split}_csv": f"{RESULTS}/cache/crops_{split}.csv",
+    }
+
+
+def _n_rows(path):
+    try:
+        with open(path) as fh:
+            return max(sum(1 for _ in fh) - 1, 0)
+    except OSError:
+        return 50000
+
+
+def _images_per_minute():
+    """Rough throughput for runtime requests: a GPU job or a CPU one."""
+    return 6000 if config["device"] != "cpu" else 120
+
+
+def _features_runtime(wildcards, input):
+    return int(10 + 2 * _n_rows(input.csv) / _images_per_minute())
+
+
+def _finetune_runtime(wildcards, input):
+    per_epoch = float(wildcards.fraction) * _n_rows(input.train_csv) / 3 + _n_rows(input.val_csv)
+    final = _n_rows(input.val_csv) + _n_rows(input.test_csv)
+    return int(20 + 2 * (_FT["epochs"] * per_epoch + final) / _images_per_minute())
+
+
+rule eval_fractions:
+    input:
+        f"{RESULTS}/cache/crops_train.csv",
+    output:
+        f"{RESULTS}/eval/fractions/seed{{seed}}.csv",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        fractions=[float(f) for f in _EVAL["fractions"]],
+    log:
+        f"{LOGS}/eval_fractions/seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/evaluate_fractions.py"
+
+
+rule eval_features:
+    input:
+        npy=f"{RESULTS}/cache/crops_{{split}}.npy",
+        csv=f"{RESULTS}/cache/crops_{{split}}.csv",
+        weights=eval_weights,
+    output:
+        f"{RESULTS}/eval/features/{{method}}/{{split}}.npz",
+    wildcard_constraints:
+        method=r"[A-Za-z0-9_]+",
+        split=r"train|val|test",
+    params:
+        arch=EVAL_ARCH,
+        seed=config["seed"],
+        imagenet_weights=_EVAL["imagenet_weights"],
+        input_size=_EVAL["input_size"],
+        batch_size=_EVAL["feature_batch_size"],
+        amp=_EVAL["amp"],
+        channels_last=_EVAL["channels_last"],
+        workers=_EVAL["workers"],
+        device=torch_device(),
+    log:
+        f"{LOGS}/eval_features/{{method}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/eval_features/{{method}}/{{split}}.tsv"
+    threads: max(1, min(_EVAL["workers"], 8))
+    resources:
+        mem_mb=8000,
+        runtime=_features_runtime,
+        **gpu_resources("evaluation"),
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/evaluate_features.py"
+
+
+rule eval_linear:
+    input:
+        train=f"{RESULTS}/eval/features/{{method}}/train.npz",
+        val=f"{RESULTS}/eval/features/{{method}}/val.npz",
+        test=f"{RESULTS}/eval/features/{{method}}/test.npz",
+        fractions=f"{RESULTS}/eval/fractions/seed{{seed}}.csv",
+    output:
+        f"{RESULTS}/eval/linear/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+    wildcard_constraints:
+        method=r"[A-Za-z0-9_]+",
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    params:
+        epochs=_LIN["epochs"],
+        lr=_LIN["lr"],
+        weight_decays=_LIN["weight_decays"],
+        batch_size=_LIN["batch_size"],
+        class_balanced=_LIN["class_balanced"],
+        tensorboard=f"{LOGS}/tensorboard/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}",
+    log:
+        f"{LOGS}/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/evaluate_linear.py"
+
+
+rule eval_finetune:
+    input:
+        **_cache("train"),
+        **_cache("val"),
+        **_cache("test"),
+        fractions=f"{RESULTS}/eval/fractions/seed{{seed}}.csv",
+        weights=eval_weights,
+    output:
+        result=f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+        history=f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}_history.csv",
+    wildcard_constraints:
+        method=r"[A-Za-z0-9_]+",
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    params:
+        arch=EVAL_ARCH,
+        imagenet_weights=_EVAL["imagenet_weights"],
+        settings=dict(
+            epochs=_FT["epochs"],
+            batch_size=_FT["batch_size"],
+            lr=_FT["lr"],
+            momentum=_FT["momentum"],
+            nesterov=_FT["nesterov"],
+            weight_decay=_FT["weight_decay"],
+            input_size=_EVAL["input_size"],
+            eval_batch_size=_EVAL["feature_batch_size"],
+            tune_thresholds=_FT["tune_thresholds"],
+            amp=_EVAL["amp"],
+            channels_last=_EVAL["channels_last"],
+            workers=_EVAL["workers"],
+        ),
+        # Resume state, deliberately not an output (Snakemake deletes the outputs of
+        # failed jobs); removed by the job after success.
+        checkpoint=f"{RESULTS}/eval/checkpoints/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.pt",
+        tensorboard=f"{LOGS}/tensorboard/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}",
+        device=torch_device(),
+    log:
+        f"{LOGS}/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
+    threads: max(1, min(_EVAL["workers"], 8))
+    resources:
+        mem_mb=16000,
+        runtime=_finetune_runtime,
+        **gpu_resources("evaluation"),
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/evaluate_finetune.py"

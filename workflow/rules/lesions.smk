@@ -1,0 +1,84 @@
+# The lesion index (REFERENCE.md "Lesion index"): the detector runs over the
+# detection-resolution crops of the EyePACS train and val images in shards
+# (rows i % n_shards == shard of the train+val rows of crop_manifest.csv); boxes are
+# rescaled into the crop.size crops and filtered into the authors' pickle format.
+
+_LI = config["lesion_index"]
+
+
+def _lesions_runtime(wildcards, input, attempt):
+    """Minutes for one shard: ~1 s per image on CPU, plus 10."""
+    with open(input.manifest) as fh:
+        n_images = max(sum(1 for _ in fh) - 1, 0)
+    return int(10 + n_images / _LI["n_shards"] / 60) * attempt
+
+
+rule lesions_predict:
+    input:
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+        model=f"{RESULTS}/detector/model.pth",
+        config=f"{RESULTS}/detector/mmdet_config.py",
+    output:
+        f"{RESULTS}/lesions/detections/shard_{{shard}}.csv",
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        n_shards=_LI["n_shards"],
+        batch_size=_LI["batch_size"],
+        workers=_LI["workers"],
+        size=config["crop"]["size"],
+        device=torch_device(),
+    log:
+        f"{LOGS}/lesions_predict/shard_{{shard}}.log",
+    benchmark:
+        f"{BENCH}/lesions_predict/shard_{{shard}}.tsv"
+    threads: max(1, _LI["workers"])
+    resources:
+        mem_mb=8000,
+        runtime=_lesions_runtime,
+        **gpu_resources("lesion_index"),
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/lesions_predict.py"
+
+
+rule lesions_index:
+    input:
+        shards=expand(f"{RESULTS}/lesions/detections/shard_{{shard}}.csv", shard=INDEX_SHARDS),
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+    output:
+        pkl=f"{RESULTS}/lesions/lesion_index.pkl",
+        json=f"{RESULTS}/lesions/lesion_index.json",
+        summary=report(
+            f"{RESULTS}/lesions/summary.json",
+            caption="../report/lesions_summary.rst",
+            category="Lesion index",
+        ),
+        histogram=report(
+            f"{RESULTS}/lesions/boxes_per_image.png",
+            caption="../report/lesions_histogram.rst",
+            category="Lesion index",
+        ),
+        qc=report(
+            f"{RESULTS}/lesions/qc_boxes.png",
+            caption="../report/lesions_qc_boxes.rst",
+            category="Lesion index",
+        ),
+    params:
+        score_threshold=_LI["score_threshold"],
+        max_box_size=_LI["max_box_size"],
+        border_margin=_LI["border_margin"],
+        size=config["crop"]["size"],
+        qc_images=_LI["qc_images"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/lesions_index/lesions_index.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/lesions_index.py"

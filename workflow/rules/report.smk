@@ -1,0 +1,169 @@
+# The results report: the kappa table (CSV + Markdown) and the figures, all as
+# report() outputs; `snakemake --report results/report.html` also shows the QC
+# pictures of the earlier stages (rule all requests them, see REPORT_TARGETS).
+
+
+def eval_results(evaluation):
+    """Every run JSON of one evaluation (methods x fractions x seeds)."""
+    if evaluation not in EVALUATIONS:
+        return []
+    seeds = EVAL_SEEDS if evaluation == "linear" else FINETUNE_SEEDS
+    return expand(
+        f"{RESULTS}/eval/{evaluation}/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+        method=EVAL_METHODS,
+        fraction=EVAL_FRACTIONS,
+        seed=seeds,
+    )
+
+
+PRETRAINED_METHODS = [m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)]
+LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
+
+REPORT_TARGETS = [
+    f"{RESULTS}/tables/kappa.csv",
+    f"{RESULTS}/tables/kappa.md",
+    *expand(f"{RESULTS}/plots/kappa_{{evaluation}}.png", evaluation=EVALUATIONS),
+    f"{RESULTS}/plots/confusion_test.png",
+    f"{RESULTS}/plots/pretrain_loss.png",
+    *([f"{RESULTS}/plots/finetune_curves.png"] if "finetune" in EVALUATIONS else []),
+]
+# QC pictures and metrics of the earlier stages (report() outputs of their own rules).
+QC_TARGETS = [
+    f"{RESULTS}/eyepacs/qc_crops.png",
+    f"{RESULTS}/idrid/qc_boxes.png",
+    f"{RESULTS}/lesions/qc_boxes.png",
+    f"{RESULTS}/detector/metrics.json",
+]
+
+
+rule kappa_table:
+    input:
+        linear=eval_results("linear"),
+        finetune=eval_results("finetune"),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/kappa.csv",
+            caption="../report/kappa_table.rst",
+            category="Evaluation",
+            subcategory="Kappa table",
+        ),
+        md=report(
+            f"{RESULTS}/tables/kappa.md",
+            caption="../report/kappa_table.rst",
+            category="Evaluation",
+            subcategory="Kappa table",
+        ),
+    params:
+        methods=EVAL_METHODS,
+        fractions=[float(f) for f in EVAL_FRACTIONS],
+        evaluations=EVALUATIONS,
+    log:
+        f"{LOGS}/kappa_table/kappa_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/report_kappa_table.py"
+
+
+rule kappa_plot:
+    input:
+        f"{RESULTS}/tables/kappa.csv",
+    output:
+        report(
+            f"{RESULTS}/plots/kappa_{{evaluation}}.png",
+            caption="../report/kappa_plot.rst",
+            category="Evaluation",
+            subcategory="Kappa vs label fraction",
+        ),
+    wildcard_constraints:
+        evaluation=r"linear|finetune",
+    log:
+        f"{LOGS}/kappa_plot/{{evaluation}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/report_kappa_plot.py"
+
+
+rule confusion_plot:
+    input:
+        eval_results("linear") + eval_results("finetune"),
+    output:
+        report(
+            f"{RESULTS}/plots/confusion_test.png",
+            caption="../report/confusion_test.rst",
+            category="Evaluation",
+            subcategory="Confusion matrices",
+        ),
+    params:
+        methods=EVAL_METHODS,
+        evaluations=EVALUATIONS,
+    log:
+        f"{LOGS}/confusion_plot/confusion_plot.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/report_confusion.py"
+
+
+rule pretrain_curves_plot:
+    input:
+        expand(f"{RESULTS}/pretrain/{{method}}/history.csv", method=PRETRAINED_METHODS),
+    output:
+        report(
+            f"{RESULTS}/plots/pretrain_loss.png",
+            caption="../report/pretrain_loss.rst",
+            category="Pretraining",
+        ),
+    params:
+        methods=PRETRAINED_METHODS,
+    log:
+        f"{LOGS}/pretrain_curves_plot/pretrain_curves_plot.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/report_pretrain_curves.py"
+
+
+rule finetune_curves_plot:
+    input:
+        expand(
+            f"{RESULTS}/eval/finetune/{{method}}/frac{LARGEST_FRACTION}_seed{FINETUNE_SEEDS[0]}_history.csv",
+            method=EVAL_METHODS,
+        ),
+    output:
+        report(
+            f"{RESULTS}/plots/finetune_curves.png",
+            caption="../report/finetune_curves.rst",
+            category="Evaluation",
+            subcategory="Fine-tuning curves",
+        ),
+    params:
+        methods=EVAL_METHODS,
+        title=f"Fine-tuning with {float(LARGEST_FRACTION) * 100:g}% of the labels, seed {FINETUNE_SEEDS[0]}",
+    log:
+        f"{LOGS}/finetune_curves_plot/finetune_curves_plot.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/report_finetune_curves.py"

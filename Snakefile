@@ -7,6 +7,8 @@ include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/eyepacs.smk"
 include: "workflow/rules/crop.smk"
 include: "workflow/rules/idrid.smk"
+include: "workflow/rules/detector.smk"
+include: "workflow/rules/lesions.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -42,7 +42,9 @@ import time
 from pathlib import Path
 
 NODE = "localnode"
-PARTITION = "main"
+# Both partitions hold the node: "cpu" is the default, "gpu" is where a
+# partitions file (profiles/slurm/partitions.example.yaml) sends GPU jobs.
+PARTITIONS = ("cpu", "gpu")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 REQUIRED_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol")
 STATE_FILE = "daemons.json"
@@ -129,8 +131,10 @@ SlurmdTimeout=60
 InactiveLimit=0
 KillWait=10
 NodeName={NODE} NodeHostname={hostname} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb}{gres} State=UNKNOWN
-PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime={max_time} State=UP
-"""
+""" + "".join(
+        f"PartitionName={name} Nodes={NODE} Default={'YES' if i == 0 else 'NO'} "
+        f"MaxTime={max_time} State=UP\n"
+        for i, name in enumerate(PARTITIONS))
 
 
 # slurmd drops a GPU without a device file and wants character devices: harmless
@@ -315,7 +319,7 @@ class LocalSlurm:
             pids = json.loads((self.root / STATE_FILE).read_text())
         if pids.get("slurmctld") and _alive(pids["slurmctld"]):
             try:
-                self.run("scancel", "--full", "--partition", PARTITION, check=False, timeout=15)
+                self.run("scancel", "--full", f"--user={_user_name()}", check=False, timeout=15)
             except subprocess.TimeoutExpired:
                 pass
         # reverse start order: slurmd, slurmctld, munged

@@ -265,6 +265,8 @@ def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
                          f"got {min_height}, {max_height}")
     records = plan_eyepacs(seed, n_train, n_test, grade_distribution, public_fraction, bad_files)
     out_dir = Path(out_dir)
+    log.info("drawing %d EyePACS-like images (seed %d, heights %d-%d, %d worker(s)) into %s",
+             len(records), seed, min_height, max_height, workers, out_dir)
     truth: list[dict] = []
     lesions: list[dict] = []
     with _Staging(out_dir) as tmp:
@@ -396,6 +398,8 @@ def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | No
     rng = _rng(seed, _IDRID, _PLAN)
     grades = rng.choice(5, size=n_train + n_test, p=p).tolist()
     out_dir = Path(out_dir)
+    log.info("drawing %d IDRiD-like images (seed %d, %d px high, %d worker(s)) into %s",
+             len(grades), seed, height, workers, out_dir)
     rows = []
     with _Staging(out_dir) as tmp:
         for split in IDRID_SETS:

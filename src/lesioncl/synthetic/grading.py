@@ -32,7 +32,7 @@ LESION_KINDS = (
 #: Grade 3 (severe NPDR) needs at least this many intraretinal haemorrhages ...
 SEVERE_MIN_HAEMORRHAGES = 15
 #: ... with at least one in each of this many quadrants of the field of view.
-SEVERE_MIN_QUADRANTS = 3
+SEVERE_MIN_QUADRANTS = 4
 
 #: Lesion extents in pixels of a 512 px wide field of view (diameter of the disk).
 #: (low, high) of the drawn size: the diameter for round lesions, the longest

@@ -1,0 +1,214 @@
+"""Crop cache, lesion-window sampler, datasets and the epoch sampler."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lesioncl.pretrain.cache import build_crop_cache, open_crop_cache
+from lesioncl.pretrain.data import (
+    EpochSampler,
+    LesionPairDataset,
+    WholeImageDataset,
+    image_key,
+    sample_window,
+    window_start_range,
+)
+from lesioncl.pretrain.toydata import write_toy_dataset
+
+SIZE, PATCH = 64, 24
+
+
+def _boxes_everywhere(size: int, patch: int):
+    """Boxes touching every edge and corner, in the middle, small/at-the-limit/too large."""
+    for w, h in [(1, 1), (6, 10), (patch, patch), (patch - 0.5, 3), (patch + 7, 5), (5, patch + 9), (40, 50)]:
+        for xa, ya in itertools.product(("left", "mid", "right"), ("top", "mid", "bottom")):
+            x1 = {"left": 0.0, "mid": (size - w) / 2, "right": size - w}[xa]
+            y1 = {"top": 0.0, "mid": (size - h) / 2, "bottom": size - h}[ya]
+            yield (x1, y1, x1 + w, y1 + h)
+
+
+@pytest.mark.parametrize("box", list(_boxes_everywhere(SIZE, PATCH)))
+def test_window_is_inside_and_contains_the_box(box):
+    rng = np.random.default_rng(0)
+    x1, y1, x2, y2 = box
+    starts = set()
+    for _ in range(60):
+        x0, y0 = sample_window(box, PATCH, SIZE, SIZE, rng)
+        starts.add((x0, y0))
+        assert 0 <= x0 <= SIZE - PATCH and 0 <= y0 <= SIZE - PATCH  # inside the image
+        for lo, hi, s in ((x1, x2, x0), (y1, y2, y0)):
+            if hi - lo <= PATCH:  # fits: the whole extent is inside the window
+                assert s <= lo and hi <= s + PATCH
+            else:  # too large: the window is centred on the box (clamped to the image)
+                assert lo <= s and s + PATCH <= hi
+                assert abs((s + PATCH / 2) - (lo + hi) / 2) <= 1
+    if x2 - x1 <= PATCH - 4 and y2 - y1 <= PATCH - 4 and 0 < x1 and x2 < SIZE:
+        assert len(starts) > 1  # a random offset, not a fixed position
+
+
+def test_window_offsets_cover_every_valid_position():
+    rng = np.random.default_rng(1)
+    box = (30, 30, 34, 34)  # 4 px box: starts 10..30 are valid along each axis
+    xs = {sample_window(box, PATCH, SIZE, SIZE, rng)[0] for _ in range(2000)}
+    assert xs == set(range(34 - PATCH, 31))
+
+
+def test_window_range_at_the_edges_shifts_instead_of_padding():
+    assert window_start_range(0, 3, 24, 64) == (0, 0)  # box at the left edge
+    assert window_start_range(61, 64, 24, 64) == (40, 40)  # box at the right edge
+    assert window_start_range(2, 5, 24, 64) == (0, 2)
+    assert window_start_range(0, 64, 24, 64) == (20, 20)  # larger than the window: centred
+    with pytest.raises(ValueError, match="larger than the image"):
+        window_start_range(0, 1, 65, 64)
+
+
+def test_boxes_outside_the_image_are_clipped():
+    rng = np.random.default_rng(2)
+    for box in [(-10, -10, 3, 3), (60, 60, 90, 90)]:
+        x0, y0 = sample_window(box, PATCH, SIZE, SIZE, rng)
+        assert 0 <= x0 <= SIZE - PATCH and 0 <= y0 <= SIZE - PATCH
+
+
+# ----------------------------------------------------------------------------- cache
+@pytest.fixture
+def toy(tmp_path):
+    return write_toy_dataset(tmp_path, n_train=6, n_val=3, size=SIZE, seed=0)
+
+
+def test_cache_round_trip(toy, tmp_path):
+    npy = tmp_path / "cache" / "crops_train.npy"
+    n = build_crop_cache(toy["manifest"], "train", SIZE, npy, npy.with_suffix(".csv"))
+    array, rows = open_crop_cache(npy)
+    assert n == 6 and array.shape == (6, SIZE, SIZE, 3) and array.dtype == np.uint8
+    assert isinstance(array, np.memmap)
+    manifest = pd.read_csv(toy["manifest"])
+    expected = manifest[manifest["split"] == "train"]
+    assert list(rows.columns) == ["image", "level", "split"]
+    assert rows["image"].tolist() == expected["image"].tolist()
+    for i, path in enumerate(expected["path"]):
+        np.testing.assert_array_equal(array[i], np.asarray(Image.open(path).convert("RGB")))
+    assert not list(npy.parent.glob(".*tmp"))  # atomic writes leave nothing behind
+
+
+def test_cache_rejects_wrong_size_and_bad_files(toy, tmp_path):
+    npy = tmp_path / "c.npy"
+    with pytest.raises(ValueError, match=r"expected 32x32 \(crop.size\)"):
+        build_crop_cache(toy["manifest"], "train", 32, npy, tmp_path / "c.csv")
+    assert not npy.exists()
+    manifest = pd.read_csv(toy["manifest"])
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"not a jpeg")
+    manifest.loc[0, "path"] = str(bad)
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match="broken.jpeg: cannot decode"):
+        build_crop_cache(tmp_path / "m.csv", "train", SIZE, npy, tmp_path / "c.csv")
+    manifest.drop(columns=["path"]).to_csv(tmp_path / "m2.csv", index=False)
+    with pytest.raises(ValueError, match=r"m2.csv: missing columns \['path'\]"):
+        build_crop_cache(tmp_path / "m2.csv", "train", SIZE, npy, tmp_path / "c.csv")
+    with pytest.raises(ValueError, match="no image of split 'test'"):
+        build_crop_cache(toy["manifest"], "test", SIZE, npy, tmp_path / "c.csv")
+
+
+def test_cache_mismatched_listing_is_an_error(toy, tmp_path):
+    npy = tmp_path / "crops_train.npy"
+    build_crop_cache(toy["manifest"], "train", SIZE, npy, npy.with_suffix(".csv"))
+    pd.read_csv(npy.with_suffix(".csv")).head(2).to_csv(npy.with_suffix(".csv"), index=False)
+    with pytest.raises(ValueError, match="rerun the crop_cache rule"):
+        open_crop_cache(npy)
+
+
+# ----------------------------------------------------------------------------- datasets
+@pytest.fixture
+def coord_cache(tmp_path):
+    """A cache whose pixels encode their coordinates: R = x, G = y, B = image row."""
+    n = 3
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    array = np.lib.format.open_memmap(tmp_path / "crops_train.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 3))
+    for i in range(n):
+        array[i] = np.stack([xx, yy, np.full_like(xx, i)], axis=-1)
+    array.flush()
+    del array
+    pd.DataFrame({"image": ["a_left", "b_right", "c_left"], "level": [0, 1, 2], "split": "train"}).to_csv(
+        tmp_path / "crops_train.csv", index=False
+    )
+    return tmp_path / "crops_train.npy"
+
+
+def test_lesion_pairs_are_windows_around_one_box(coord_cache):
+    boxes = {
+        "a_left.jpeg": [(0, 0, 4, 4), (58, 58, 64, 64)],  # corners
+        "b_right.jpeg": [(30, 2, 40, 12)],
+        "c_left.jpeg": [],  # no lesion: left out
+    }
+    ds = LesionPairDataset(coord_cache, boxes, PATCH, seed=3)
+    assert len(ds) == 2
+    chosen = set()
+    for epoch, index in itertools.product(range(20), range(len(ds))):
+        pair = ds[(epoch, index)]
+        assert pair.dtype == torch.uint8 and pair.shape == (2, PATCH, PATCH, 3)
+        row = int(pair[0, 0, 0, 2])
+        assert row == index  # rows 0 and 1 of the cache
+        candidates = boxes["a_left.jpeg" if row == 0 else "b_right.jpeg"]
+        box_hits = []
+        for view in pair.numpy():
+            x0, y0 = int(view[0, 0, 0]), int(view[0, 0, 1])
+            np.testing.assert_array_equal(view[..., 0], np.arange(x0, x0 + PATCH)[None, :].repeat(PATCH, 0))
+            np.testing.assert_array_equal(view[..., 1], np.arange(y0, y0 + PATCH)[:, None].repeat(PATCH, 1))
+            box_hits.append({b for b in candidates if x0 <= b[0] and b[2] <= x0 + PATCH and y0 <= b[1] and b[3] <= y0 + PATCH})
+        common = box_hits[0] & box_hits[1]
+        assert common, "both windows must contain the same lesion box"
+        chosen |= common
+    assert len(chosen) == 3  # both boxes of image a get picked over the epochs
+    # reproducible per (epoch, index), different across epochs
+    assert torch.equal(ds[(5, 0)], ds[(5, 0)])
+    assert not all(torch.equal(ds[(e, 1)], ds[(0, 1)]) for e in range(1, 6))
+
+
+def test_index_and_cache_must_agree(coord_cache):
+    with pytest.raises(ValueError, match=r"lesion_index.pkl \[train\]: 1 images are not in the crop cache"):
+        LesionPairDataset(coord_cache, {"zz_left.jpeg": [(1, 1, 2, 2)]}, PATCH, index_file="lesion_index.pkl [train]")
+    with pytest.raises(ValueError, match="malformed boxes"):
+        LesionPairDataset(coord_cache, {"a_left.jpeg": [(5, 5, 2, 9)]}, PATCH)
+    with pytest.raises(ValueError, match="larger than the cached crops"):
+        LesionPairDataset(coord_cache, {"a_left.jpeg": [(1, 1, 2, 2)]}, SIZE + 1)
+
+
+def test_whole_image_dataset_and_pickling(coord_cache):
+    ds = WholeImageDataset(coord_cache, seed=0, stream=0)
+    item = ds[(3, 2)]
+    assert item.shape == (1, SIZE, SIZE, 3) and int(item[0, 0, 0, 2]) == 2
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned worker receives
+    assert clone._images is None and len(pickle.dumps(ds)) < 10_000
+    assert torch.equal(clone[(0, 1)], ds[(0, 1)])
+
+
+def test_image_key():
+    assert image_key("10_left.jpeg") == image_key("10_left") == "10_left"
+
+
+def test_epoch_sampler_shards_are_the_single_process_batches():
+    n, world, local = 23, 2, 5
+    single = [i for _, i in EpochSampler(n, seed=4)]
+    assert sorted(single) == list(range(n))
+    shards = []
+    for rank in range(world):
+        s = EpochSampler(n, seed=4, rank=rank, world_size=world)
+        s.set_epoch(0)
+        shards.append([i for _, i in s])
+    for b in range(len(shards[0]) // local):
+        global_batch = set(single[b * local * world : (b + 1) * local * world])
+        assert set(shards[0][b * local : (b + 1) * local]) | set(shards[1][b * local : (b + 1) * local]) == global_batch
+    s = EpochSampler(n, seed=4)
+    s.set_epoch(1)
+    epoch1 = [i for _, i in s]
+    assert epoch1 != single and sorted(epoch1) == list(range(n))
+    s.set_epoch(1, skip=7)
+    assert [i for _, i in s] == epoch1[7:] and len(s) == n - 7
+    assert all(e == 1 for e, _ in s)

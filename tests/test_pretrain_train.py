@@ -1,0 +1,170 @@
+"""The trainer on generated data: learning, outputs, resume, failure modes."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from lesioncl.pretrain.train import (
+    PretrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    WarmupCosine,
+    run_pretraining,
+)
+from lesioncl.pretrain.toydata import write_toy_cache
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_cache(tmp_path_factory.mktemp("toy"), size=48, n_train=16, n_val=8, seed=1)
+
+
+def make_cfg(toy, out, **overrides) -> PretrainConfig:
+    values = dict(
+        mode="lesion", train_cache=str(toy["train_cache"]), val_cache=str(toy["val_cache"]),
+        lesion_index=str(toy["index"]), out_dir=str(out), arch="resnet18", init="random",
+        view_size=32, epochs=3, batch_size=8, lr=0.05, proj_hidden=32, proj_dim=16, val_every=2,
+        checkpoint_every=1, workers=0, device="cpu", seed=0, log_images=False,
+    )
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_loss_decreases_and_outputs_follow_the_contract(toy, tmp_path):
+    cfg = make_cfg(toy, tmp_path / "lesion_cl", epochs=8, batch_size=16, lr=0.1, log_images=True)
+    history = run_pretraining(cfg)
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    assert last < first - 0.3, [round(h["train_loss"], 3) for h in history]
+    out = cfg.outputs()
+    # backbone.pth: torchvision's resnet18 loads it; only fc is missing
+    sd = load(out["backbone"])
+    assert not any(k.startswith(("fc.", "projector.")) for k in sd)
+    result = torchvision.models.resnet18().load_state_dict(sd, strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
+    final = load(out["final"])
+    assert final["epoch"] == 8 and final["step"] == 0 and len(final["history"]) == 8
+    table = pd.read_csv(out["history"])
+    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s"]
+    assert table["val_loss"].notna().tolist() == [False, True] * 4
+    assert (table["pairs_per_s"] > 0).all() and table["lr"].is_monotonic_decreasing
+    assert out["curve"].stat().st_size > 1000 and list(out["tb"].glob("events.*"))
+    assert not cfg.checkpoint_path.exists()  # the resume checkpoint is gone once finished
+
+
+def test_whole_image_simclr_runs(toy, tmp_path):
+    cfg = make_cfg(toy, tmp_path / "simclr_32", mode="whole", lesion_index=None, epochs=1, val_every=1)
+    history = run_pretraining(cfg)
+    assert len(history) == 1 and math.isfinite(history[0]["val_loss"])
+    assert cfg.outputs()["backbone"].is_file()
+
+
+class StopAfter:
+    """Simulates a killed job: raises after the given epoch (its checkpoint is on disk)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, trainer, epoch):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class TermAfter:
+    """Sends this process SIGTERM (as SLURM preemption does) after the given epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, trainer, epoch):
+        if epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(toy, tmp_path):
+    reference = make_cfg(toy, tmp_path / "ref")
+    ref_history = run_pretraining(reference)
+
+    cfg = make_cfg(toy, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(cfg, callbacks=[StopAfter(0)])
+    assert load(cfg.checkpoint_path)["epoch"] == 1
+    assert not cfg.outputs()["backbone"].exists()
+    history = run_pretraining(cfg)  # picks the checkpoint up
+
+    assert_same_weights(load(cfg.outputs()["backbone"]), load(reference.outputs()["backbone"]))
+    assert_same_weights(load(cfg.outputs()["final"])["model"], load(reference.outputs()["final"])["model"])
+    for a, b in zip(history, ref_history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["lr"] == pytest.approx(b["lr"])
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(toy, tmp_path):
+    reference = make_cfg(toy, tmp_path / "ref")
+    run_pretraining(reference)
+    cfg = make_cfg(toy, tmp_path / "term")
+    with pytest.raises(TrainingInterrupted, match="epoch 2, step 1"):
+        run_pretraining(cfg, callbacks=[TermAfter(0)])
+    state = load(cfg.checkpoint_path)
+    assert (state["epoch"], state["step"]) == (1, 1)  # one step into the second epoch
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    run_pretraining(cfg)
+    assert_same_weights(load(cfg.outputs()["backbone"]), load(reference.outputs()["backbone"]))
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(toy, tmp_path):
+    cfg = make_cfg(toy, tmp_path / "a", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(cfg, callbacks=[StopAfter(0)])
+    changed = make_cfg(toy, tmp_path / "a", epochs=2, lr=0.01)
+    trainer = Trainer(changed)
+    assert not trainer.resumed and trainer.epoch == 0
+    same = Trainer(make_cfg(toy, tmp_path / "a", epochs=2, workers=1))  # workers do not matter
+    assert same.resumed and same.epoch == 1
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(toy, tmp_path):
+    trainer = Trainer(make_cfg(toy, tmp_path / "nan"))
+    calls = {"n": 0}
+    criterion = trainer.criterion
+
+    def poisoned(features, **kwargs):
+        calls["n"] += 1
+        loss = criterion(features, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    trainer.criterion = poisoned
+    with pytest.raises(FloatingPointError, match="epoch 2, step 2"):
+        trainer.fit()
+
+
+def test_warmup_cosine_schedule():
+    f = WarmupCosine(total_steps=10, warmup_steps=2)
+    assert [round(f(s), 3) for s in range(3)] == [0.5, 1.0, 1.0]
+    assert f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert WarmupCosine(4)(0) == 1.0
+
+
+def test_config_validation(toy, tmp_path):
+    with pytest.raises(ValueError, match="needs `lesion_index`"):
+        make_cfg(toy, tmp_path, lesion_index=None)
+    with pytest.raises(ValueError, match="unknown pretraining mode"):
+        make_cfg(toy, tmp_path, mode="moco")
+    with pytest.raises(ValueError, match=r"unknown pretraining settings \['lr_typo'\]"):
+        PretrainConfig.from_dict({**make_cfg(toy, tmp_path).to_dict(), "lr_typo": 1})

@@ -46,7 +46,8 @@ NODE = "localnode"
 # partitions file (profiles/slurm/partitions.example.yaml) sends GPU jobs.
 PARTITIONS = ("cpu", "gpu")
 DAEMONS = ("munged", "slurmctld", "slurmd")
-REQUIRED_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol")
+REQUIRED_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scancel",
+                  "scontrol")
 STATE_FILE = "daemons.json"
 
 
@@ -205,7 +206,7 @@ class LocalSlurm:
         """An environment whose SLURM clients (and jobs) talk to this cluster."""
         env = dict(os.environ if base is None else base)
         env["SLURM_CONF"] = str(self.conf)
-        path = env.get("PATH", "")
+        path = os.pathsep.join([str(self.root / "bin"), env.get("PATH", "")])
         for extra in ("/usr/sbin", "/sbin"):
             if extra not in path.split(os.pathsep):
                 path = os.pathsep.join([path, extra]) if path else extra
@@ -250,6 +251,16 @@ class LocalSlurm:
             max_time=self.max_time, user=_user_name()))
         (self.root / "gres.conf").write_text(render_gres_conf(self.gpus))
         (self.root / "plugstack.conf").write_text("")
+        # snakemake-executor-plugin-slurm-jobstep starts each rule with a nested
+        # `srun` whose environment it strips of every SLURM_* variable, SLURM_CONF
+        # included; a real site's srun finds /etc/slurm/slurm.conf, ours would find
+        # nothing. This wrapper (first on the PATH of env()) restores SLURM_CONF and
+        # runs the real srun.
+        bin_dir = self.root / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        wrapper = bin_dir / "srun"
+        wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec {_tool("srun")} "$@"\n')
+        wrapper.chmod(0o755)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         out = open(self.log_dir / f"{name}.stdout", "ab")

@@ -21,7 +21,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 RESULTS = "results"
 LOGS = "logs"
-BENCH = "benchmarks"
+BENCH = f"{RESULTS}/benchmarks"
 ENV_DATA = "../../envs/data.yaml"
 ENV_TORCH = "../../envs/torch.yaml"
 

@@ -16,8 +16,9 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True,
                   timeout: int = 3600) -> subprocess.CompletedProcess:
     """Run the repository's workflow in ``workdir`` (outputs land there)."""
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile or REPO / "config" / "config.yaml"), *args]
+    # --configfile takes several values: it goes last so that targets in args stay targets
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args,
+           "--configfile", str(configfile or REPO / "config" / "config.yaml")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

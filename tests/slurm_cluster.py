@@ -91,13 +91,14 @@ def write_test_profile(folder: Path, partitions: Path = PARTITIONS_EXAMPLE) -> P
 
 
 def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args: str,
-                        configfile: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
+                        configfile: Path, timeout: float = 1200,
+                        snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
     """Run the workflow with the SLURM profile against ``cluster``.
 
     On timeout snakemake gets SIGINT (it cancels its SLURM jobs) and then, if
     it is still there after a minute, SIGKILL; the call then fails.
     """
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir),
            "--configfile", str(configfile), "--profile", str(profile), *args]
     env = cluster.env()
     env["PYTHONUNBUFFERED"] = "1"

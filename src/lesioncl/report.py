@@ -189,6 +189,10 @@ def plot_kappa_vs_fraction(table: pd.DataFrame, evaluation: str, path) -> None:
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
     skipped = sorted(set(table[(table["evaluation"] == evaluation) & (table["status"] != "ok")]["method"]))
     ax.set_xscale("log")
+    ticks = sorted(set(table["fraction"].astype(float)))
+    ax.set_xticks([t * 100 for t in ticks])
+    ax.set_xticklabels([fraction_label(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training images (%)")
     ax.set_ylabel("test quadratic weighted kappa")
     title = f"{EVALUATION_TITLES.get(evaluation, evaluation)}: kappa vs label fraction"
@@ -258,6 +262,9 @@ def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> No
         if len(val):
             ax.plot(val["epoch"], val["val_loss"], color=color, ls="--", marker="o", ms=3,
                     label=f"{method} val")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("NT-Xent loss")
     ax.set_title("Contrastive pretraining")
@@ -286,6 +293,10 @@ def plot_finetune_curves(histories: Mapping[str, str | os.PathLike], path, title
         best = df["val_kappa"].idxmax() if df["val_kappa"].notna().any() else None
         if best is not None:
             ax_kappa.plot(df.loc[best, "epoch"], df.loc[best, "val_kappa"], "*", ms=12, color=f"C{i}")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_kappa):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training MSE")
     ax_kappa.set_xlabel("epoch")

@@ -8,6 +8,7 @@ tests and ``benchmarks/bench_loader.py`` without running the upstream rules.
 
 from __future__ import annotations
 
+import colorsys
 import os
 import pickle
 from pathlib import Path
@@ -19,14 +20,23 @@ from PIL import Image
 from lesioncl.pretrain.cache import build_crop_cache
 
 
-def render_crop(rng: np.random.Generator, size: int, n_lesions: int) -> tuple[np.ndarray, list[tuple[float, ...]]]:
-    """One uint8 (size, size, 3) image and its lesion boxes (x1, y1, x2, y2)."""
+def render_crop(
+    rng: np.random.Generator, size: int, n_lesions: int, colorful: bool = False
+) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+    """One uint8 (size, size, 3) image and its lesion boxes (x1, y1, x2, y2).
+
+    ``colorful`` gives every image a disc of a random hue (instead of fundus orange),
+    so that a tiny network learns to tell images apart within a few steps.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = size / 2
     r = np.hypot(xx - c, yy - c) / (0.48 * size)
     disc = (r < 1).astype(np.float32)
     shade = (1.0 - 0.5 * r**2) * (0.8 + 0.4 * rng.random())
-    base = np.array([200, 95, 45], np.float32) * rng.uniform(0.8, 1.2, 3)
+    if colorful:
+        base = np.asarray(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), 1.0), np.float32) * 230
+    else:
+        base = np.array([200, 95, 45], np.float32) * rng.uniform(0.8, 1.2, 3)
     img = disc[..., None] * shade[..., None] * base
     boxes = []
     for _ in range(n_lesions):
@@ -49,6 +59,7 @@ def write_toy_dataset(
     size: int = 64,
     seed: int = 0,
     max_lesions: int = 4,
+    colorful: bool = False,
 ) -> dict[str, Path]:
     """Write JPEG crops, ``crop_manifest.csv`` and ``lesion_index.pkl`` under ``folder``.
 
@@ -63,7 +74,7 @@ def write_toy_dataset(
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
         name = f"{i}_{'left' if i % 2 == 0 else 'right'}"
-        img, boxes = render_crop(rng, size, int(rng.integers(1, max_lesions + 1)))
+        img, boxes = render_crop(rng, size, int(rng.integers(1, max_lesions + 1)), colorful)
         path = crops / f"{name}.jpeg"
         Image.fromarray(img).save(path, quality=95)
         rows.append({"image": name, "patient_id": i // 2, "eye": name.split("_")[1], "level": int(rng.integers(0, 5)),

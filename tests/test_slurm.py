@@ -1,0 +1,172 @@
+"""The workflow on a real single-node SLURM, with the SLURM profile (profiles/slurm).
+
+The cluster (tests/slurm_cluster.py -> scripts/slurm/local_cluster.py) runs
+munged, slurmctld and slurmd from Debian's packages, which .ci/run installs
+(scripts/slurm/install_slurm.sh); without them these tests are skipped.
+
+Checked: every job of a sub-DAG that ends in a GPU rule (synthetic IDRiD ->
+COCO boxes -> detector training, which declares `gpu`) goes through sbatch and
+completes, the GPU job asks SLURM for a GPU and lands in the GPU partition
+(the example partitions file); a job larger than the node or the partition is
+rejected at submission instead of pending forever (EnforcePartLimits=ALL);
+stopping snakemake with Ctrl-C cancels its running SLURM jobs.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import (
+    REPO,
+    SNAKEMAKE,
+    jobs_by_id,
+    run_snakemake_slurm,
+    squeue,
+    start_cluster,
+    stop_cluster,
+    wait_until,
+    why_no_slurm,
+    write_test_profile,
+)
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(why_no_slurm() is not None, reason=why_no_slurm() or ""),
+]
+
+GPU_TARGET = "results/detector/model.pth"
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = start_cluster(gpus=2)
+    yield cluster
+    stop_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    return write_test_profile(tmp_path_factory.mktemp("slurm-profile") / "slurm-test")
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory) -> Path:
+    """The demo config with a tiny IDRiD and a two-epoch detector."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["device"] = "auto"  # GPU rules declare `gpu` (device: cpu would drop it)
+    config["synthetic"]["idrid"].update(n_train=4, n_test=2, height=320)
+    config["detector"].update(epochs=2, lr_steps=[1], warmup_iters=1, img_scale=[256, 192], workers=1)
+    path = tmp_path_factory.mktemp("slurm-config") / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _submissions(text: str) -> dict[str, str]:
+    """SLURM job id -> snakemake job id, from snakemake's output."""
+    return {slurm: job for job, slurm in SUBMITTED.findall(text)}
+
+
+def test_gpu_subdag_runs_through_sbatch(cluster, profile, small_config, tmp_path):
+    work = tmp_path / "run"
+    proc = run_snakemake_slurm(cluster, work, profile, GPU_TARGET, configfile=small_config)
+    assert proc.returncode == 0, proc.stdout[-8000:] + "\n--- squeue ---\n" + squeue(cluster)
+
+    submitted = _submissions(proc.stdout)
+    jobs = jobs_by_id(cluster)
+    rules = {jobs[j]["comment"]: j for j in submitted}
+    # one SLURM job per rule of the sub-DAG, each one known to slurmctld and completed
+    assert set(rules) == {"rule_synthetic_idrid", "rule_idrid_coco", "rule_detector_train"}, (
+        proc.stdout[-4000:], jobs)
+    for slurm_id in submitted:
+        assert jobs[slurm_id]["state"] == "COMPLETED", jobs[slurm_id]
+
+    # the GPU rule asked SLURM for a GPU and went to the GPU partition; the others did not
+    gpu_job = rules["rule_detector_train"]
+    shown = cluster.run("scontrol", "show", "job", gpu_job).stdout
+    assert re.search(r"TresPerJob=\S*gpu:1\b", shown), shown
+    assert jobs[gpu_job]["partition"] == "gpu"
+    for rule in ("rule_synthetic_idrid", "rule_idrid_coco"):
+        assert jobs[rules[rule]]["partition"] == "cpu", jobs[rules[rule]]
+        shown = cluster.run("scontrol", "show", "job", rules[rule]).stdout
+        assert not re.search(r"TresPerJob=\S*gpu", shown), shown
+
+    # each job ran the rule inside SLURM: its sbatch log (kept by the test profile) exists
+    for slurm_id in submitted:
+        logs = list((work / "logs" / "slurm").glob(f"rule_*/**/{slurm_id}.log"))
+        assert logs, f"no SLURM log for job {slurm_id}"
+    detector_log = next((work / "logs" / "slurm" / "rule_detector_train").glob(f"**/{gpu_job}.log"))
+    assert "rule detector_train" in detector_log.read_text()
+
+    # the outputs are there, from the jobs
+    for rel in ("results/idrid/coco_train.json", "results/detector/model.pth",
+                "results/detector/mmdet_config.py", "results/detector/metrics.json"):
+        assert (work / rel).stat().st_size > 0, rel
+
+    # and a second run has nothing to submit
+    again = run_snakemake_slurm(cluster, work, profile, GPU_TARGET, configfile=small_config)
+    assert again.returncode == 0 and not _submissions(again.stdout), again.stdout[-3000:]
+    assert "Nothing to be done" in again.stdout
+
+
+@pytest.mark.parametrize("resource, message", [
+    ("mem_mb={too_much_mem}", "Memory specification can not be satisfied"),
+    ("runtime=2000", "Requested time limit is invalid"),  # > the partitions' 1-day MaxTime
+    ("gpu=3", "Requested node configuration is not available"),  # the node has 2 GPUs
+], ids=["memory", "time", "gpus"])
+def test_job_larger_than_the_cluster_fails_at_once(cluster, profile, small_config, tmp_path,
+                                                   resource, message):
+    before = set(jobs_by_id(cluster))
+    resource = resource.format(too_much_mem=cluster.mem_mb + 1000)
+    start = time.monotonic()
+    proc = run_snakemake_slurm(cluster, tmp_path / "run", profile, "results/synthetic/idrid",
+                               "--set-resources", f"synthetic_idrid:{resource}",
+                               configfile=small_config, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert "SLURM sbatch failed" in proc.stdout and message in proc.stdout, proc.stdout[-4000:]
+    assert elapsed < 120, f"took {elapsed:.0f}s to fail"
+    # nothing of this run was left in the queue
+    new = {j: info for j, info in jobs_by_id(cluster).items() if j not in before}
+    assert not [j for j, info in new.items() if info["state"] in ("PENDING", "RUNNING")], new
+
+
+def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
+    """SIGINT to snakemake (Ctrl-C) scancels the SLURM jobs it submitted."""
+    work = tmp_path / "run"
+    work.mkdir()
+    config = yaml.safe_load(small_config.read_text())
+    config["synthetic"]["idrid"].update(n_train=200, n_test=50, height=640)  # long enough to catch
+    slow = tmp_path / "config.yaml"
+    slow.write_text(yaml.safe_dump(config))
+    before = set(jobs_by_id(cluster))
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(slow), "--profile", str(profile), "results/synthetic/idrid"]
+    with open(work / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env(),
+                                cwd=work, start_new_session=True)
+        try:
+            def running() -> list[str]:
+                return [j for j, info in jobs_by_id(cluster).items()
+                        if j not in before and info["state"] == "RUNNING"]
+
+            assert wait_until(lambda: bool(running()), timeout=120, interval=0.5), (
+                (work / "snakemake.out").read_text()[-3000:], squeue(cluster))
+            job = running()[0]
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = (work / "snakemake.out").read_text()
+    assert wait_until(lambda: jobs_by_id(cluster)[job]["state"] == "CANCELLED", timeout=60), (
+        text[-3000:], squeue(cluster))
+    assert proc.returncode != 0

@@ -36,10 +36,12 @@ from slurm_cluster import (
     write_test_profile,
 )
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(why_no_slurm() is not None, reason=why_no_slurm() or ""),
-]
+
+def needs_slurm(test):
+    """A test on the local SLURM cluster: marked `slurm`, skipped without SLURM."""
+    test = pytest.mark.skipif(why_no_slurm() is not None, reason=why_no_slurm() or "")(test)
+    return pytest.mark.slurm(test)
+
 
 GPU_TARGET = "results/detector/model.pth"
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
@@ -74,6 +76,23 @@ def _submissions(text: str) -> dict[str, str]:
     return {slurm: job for job, slurm in SUBMITTED.findall(text)}
 
 
+def test_profile_parses_and_survives_the_workflow_profile():
+    """profiles/slurm's keys are all snakemake options, and profiles/default (the
+    workflow profile, which snakemake applies on top, key by key) keeps its
+    cluster settings."""
+    from snakemake.cli import get_argument_parser
+
+    args = get_argument_parser(profiles=[REPO / "profiles" / "slurm", REPO / "profiles" / "default"]).parse_args([])
+    assert args.executor == "slurm"
+    assert [m.name for m in args.software_deployment_method] == ["CONDA"]
+    assert args.latency_wait >= 60 and args.keep_going and args.rerun_incomplete and args.retries >= 1
+    assert {"mem_mb", "runtime"} <= set(args.default_resources)
+    # cpus_per_task here would override every rule's threads
+    assert "cpus_per_task" not in args.default_resources
+    assert str(args.slurm_logdir) == "logs/slurm"
+
+
+@needs_slurm
 def test_gpu_subdag_runs_through_sbatch(cluster, profile, small_config, tmp_path):
     work = tmp_path / "run"
     proc = run_snakemake_slurm(cluster, work, profile, GPU_TARGET, configfile=small_config)
@@ -116,6 +135,7 @@ def test_gpu_subdag_runs_through_sbatch(cluster, profile, small_config, tmp_path
     assert "Nothing to be done" in again.stdout
 
 
+@needs_slurm
 @pytest.mark.parametrize("resource, message", [
     ("mem_mb={too_much_mem}", "Memory specification can not be satisfied"),
     ("runtime=2000", "Requested time limit is invalid"),  # > the partitions' 1-day MaxTime
@@ -138,6 +158,7 @@ def test_job_larger_than_the_cluster_fails_at_once(cluster, profile, small_confi
     assert not [j for j, info in new.items() if info["state"] in ("PENDING", "RUNNING")], new
 
 
+@needs_slurm
 def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     """SIGINT to snakemake (Ctrl-C) scancels the SLURM jobs it submitted."""
     work = tmp_path / "run"

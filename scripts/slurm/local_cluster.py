@@ -6,11 +6,14 @@ It uses the Debian packages installed by ``scripts/slurm/install_slurm.sh``
 (munge, slurmctld, slurmd, slurm-client) and touches nothing outside its folder:
 its own munge key and socket, its own ``slurm.conf`` (passed to the clients
 through ``SLURM_CONF``), state, spool, logs and PID files. The node describes
-this machine (``slurmd -C``) plus a fake GPU (``Gres=gpu:N`` with ``Count=`` in
-``gres.conf``, no device file), so that rules that request GPUs are scheduled
-on a GPU-less node. ``EnforcePartLimits=ALL``: a job that exceeds the node or the
-partition is rejected by ``sbatch`` instead of pending forever. No slurmdbd
+this machine (``slurmd -C``) plus fake GPUs (``Gres=gpu:N``; ``gres.conf`` maps
+them to harmless character devices such as /dev/null), so that rules that
+request GPUs are scheduled on a GPU-less node and see ``CUDA_VISIBLE_DEVICES``.
+Two partitions hold the node: ``cpu`` (default) and ``gpu``.
+``EnforcePartLimits=ALL``: a job that exceeds the node or the partition is
+rejected by ``sbatch`` instead of pending forever. No slurmdbd
 (``accounting_storage/none``): clients must query job states with ``squeue``.
+``KillWait=10``: at a time limit, jobs get SIGTERM and 10 s before SIGKILL.
 
 Command line (the daemons keep running between the two calls):
 

@@ -15,8 +15,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 # The scripts import the project's package from src/ (also inside conda envs
 # and on cluster nodes, which re-read this file).
 _SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [_SRC, os.environ.get("PYTHONPATH", "")] if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in [_SRC, os.environ.get("PYTHONPATH", "")] if p)
 )
 
 RESULTS = "results"

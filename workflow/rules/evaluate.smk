@@ -31,7 +31,11 @@ EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
 def _check_methods():
     sizes = [int(s) for s in config["pretrain"]["simclr_sizes"]]
     for method in EVAL_METHODS:
-        if method in _EVAL["extra_weights"] or method in ("lesion_cl", "random", "imagenet"):
+        if method in _EVAL["extra_weights"] or method in (
+            "lesion_cl",
+            "random",
+            "imagenet",
+        ):
             continue
         m = re.fullmatch(r"simclr_(\d+)", method)
         if m is None:
@@ -86,7 +90,9 @@ def _features_runtime(wildcards, input):
 
 
 def _finetune_runtime(wildcards, input):
-    per_epoch = float(wildcards.fraction) * _n_rows(input.train_csv) / 3 + _n_rows(input.val_csv)
+    per_epoch = float(wildcards.fraction) * _n_rows(input.train_csv) / 3 + _n_rows(
+        input.val_csv
+    )
     final = _n_rows(input.val_csv) + _n_rows(input.test_csv)
     return int(20 + 2 * (_FT["epochs"] * per_epoch + final) / _images_per_minute())
 
@@ -138,9 +144,9 @@ rule eval_features:
         f"{BENCH}/eval_features/{{method}}/{{split}}.tsv"
     threads: max(1, min(_EVAL["workers"], 8))
     resources:
+        **gpu_resources("evaluation"),
         mem_mb=8000,
         runtime=_features_runtime,
-        **gpu_resources("evaluation"),
     conda:
         ENV_TORCH
     script:
@@ -222,9 +228,9 @@ rule eval_finetune:
         f"{BENCH}/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
     threads: max(1, min(_EVAL["workers"], 8))
     resources:
+        **gpu_resources("evaluation"),
         mem_mb=16000,
         runtime=_finetune_runtime,
-        **gpu_resources("evaluation"),
     conda:
         ENV_TORCH
     script:

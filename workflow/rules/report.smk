@@ -16,7 +16,9 @@ def eval_results(evaluation):
     )
 
 
-PRETRAINED_METHODS = [m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)]
+PRETRAINED_METHODS = [
+    m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)
+]
 LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
 
 REPORT_TARGETS = [

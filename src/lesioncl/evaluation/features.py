@@ -267,7 +267,10 @@ def run_feature_extraction(
     try:
         model = build_method_backbone(method, arch, weights, seed, imagenet_weights)
     except MethodUnavailable as err:
-        log.warning("method %s skipped: %s", method, err)
+        log.warning(
+            "method %s skipped: %s. Its results are marked as skipped; once the weights are "
+            "in place, rerun with --forcerun eval_features eval_finetune", method, err,
+        )
         save_features(output, np.zeros((0, 0), np.float32), [], [], method, split, skipped=str(err))
         return {"method": method, "split": split, "skipped": str(err)}
     log.info(

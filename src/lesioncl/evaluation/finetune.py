@@ -257,6 +257,8 @@ def finetune(
     s = settings
     augment = augment or BatchAugment()
     seed_everything(seed)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick fast kernels
     model = model.to(device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -74,6 +74,20 @@ class SupConLoss(nn.Module):
         mean_log_prob_pos = (log_prob * positive).sum(dim=1) / n_pos
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
 
+    def global_loss(self, features: torch.Tensor) -> torch.Tensor:
+        """Loss of this rank's samples against the views of all ranks (SimCLR mode).
+
+        ``features``: this rank's (n, V, D), the same n on every rank. The gathered
+        (W·n, V, D) batch is the contrast set, this rank's block the anchors. With DDP
+        averaging the parameter gradients, the update equals that of the loss over the
+        global batch in one process. Without a process group it is ``forward(features)``.
+        """
+        gathered = gather_with_grad(features)
+        if gathered is features:
+            return self(features)
+        rank, n = dist.get_rank(), features.shape[0]
+        return self(gathered, anchors=slice(rank * n, (rank + 1) * n))
+
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sends every rank's gradient back to the tensor's owner.

@@ -67,7 +67,7 @@ from lesioncl.pretrain.data import (
     LesionPairDataset,
     WholeImageDataset,
 )
-from lesioncl.pretrain.loss import SupConLoss, gather_with_grad
+from lesioncl.pretrain.loss import SupConLoss
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
@@ -496,10 +496,7 @@ class Trainer:
 
     def contrastive_loss(self, z: torch.Tensor) -> torch.Tensor:
         """NT-Xent of this rank's samples against the global batch. z: (2n, D), sample-major."""
-        n = z.shape[0] // 2
-        features = gather_with_grad(z.view(n, 2, -1))  # (W n, 2, D)
-        rank = self.dist.rank
-        return self.criterion(features, anchors=slice(rank * n, (rank + 1) * n))
+        return self.criterion.global_loss(z.view(z.shape[0] // 2, 2, -1))
 
     def reduce_step(self, loss: torch.Tensor) -> tuple[float, bool]:
         """Mean loss over ranks and whether any rank was asked to stop (one sync per step)."""

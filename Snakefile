@@ -9,6 +9,7 @@ include: "workflow/rules/crop.smk"
 include: "workflow/rules/idrid.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/lesions.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

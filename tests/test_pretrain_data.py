@@ -212,3 +212,12 @@ def test_epoch_sampler_shards_are_the_single_process_batches():
     s.set_epoch(1, skip=7)
     assert [i for _, i in s] == epoch1[7:] and len(s) == n - 7
     assert all(e == 1 for e, _ in s)
+
+
+def test_whole_images_are_shrunk_in_the_worker(coord_cache):
+    ds = WholeImageDataset(coord_cache, size=16)
+    item = ds[(0, 1)]
+    assert item.shape == (1, 16, 16, 3) and item.dtype == torch.uint8
+    # area interpolation: block means of the x ramp
+    assert int(item[0, 0, 0, 0]) == round(np.arange(4).mean()) and int(item[0, 0, -1, 0]) == round(np.arange(60, 64).mean())
+    assert int(item[0, 5, 5, 2]) == 1

@@ -69,7 +69,8 @@ def test_ddp_loss_and_gradients_equal_the_single_process_ones(tmp_path):
     assert ddp["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     checked = 0
     for name, p in model.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        scale = p.grad.abs().max().item()  # float32 reductions in another order: relative tolerance
+        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
         checked += 1
     assert checked > 50
     # a local-only loss (no gather) would give different gradients: the test can fail

@@ -130,7 +130,7 @@ def predict_shard(
 
     from lesioncl.detector.inference import LesionDetector  # heavy: mmdet
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads - workers))  # the rest: loader workers
     manifest_path = Path(manifest_path)
     rows = shard_rows(read_crop_manifest(manifest_path), shard, n_shards)
     missing = [p for p in rows["det_path"] if not Path(p).is_file()]

@@ -38,11 +38,11 @@ rule detector_train:
         f"{LOGS}/detector_train/detector_train.log",
     benchmark:
         f"{BENCH}/detector_train/detector_train.tsv"
-    threads: max(1, _DET["workers"])
+    threads: _DET["workers"] + 2  # torch threads of the training process + loader workers
     resources:
+        **gpu_resources("detector"),
         mem_mb=16000,
         runtime=_detector_runtime,
-        **gpu_resources("detector"),
     conda:
         ENV_TORCH
     script:

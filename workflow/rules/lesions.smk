@@ -32,11 +32,11 @@ rule lesions_predict:
         f"{LOGS}/lesions_predict/shard_{{shard}}.log",
     benchmark:
         f"{BENCH}/lesions_predict/shard_{{shard}}.tsv"
-    threads: max(1, _LI["workers"])
+    threads: _LI["workers"] + 2
     resources:
+        **gpu_resources("lesion_index"),
         mem_mb=8000,
         runtime=_lesions_runtime,
-        **gpu_resources("lesion_index"),
     conda:
         ENV_TORCH
     script:
@@ -45,7 +45,9 @@ rule lesions_predict:
 
 rule lesions_index:
     input:
-        shards=expand(f"{RESULTS}/lesions/detections/shard_{{shard}}.csv", shard=INDEX_SHARDS),
+        shards=expand(
+            f"{RESULTS}/lesions/detections/shard_{{shard}}.csv", shard=INDEX_SHARDS
+        ),
         manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
     output:
         pkl=f"{RESULTS}/lesions/lesion_index.pkl",

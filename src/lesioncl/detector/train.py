@@ -110,7 +110,7 @@ def train_detector(
     train_coco = check_coco_images(train_ann, train_images)
     check_coco_images(test_ann, test_images)
     device = resolve_device(device)
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads - int(hp["workers"])))  # the rest: loader workers
     apply_patches()
     use_device(device)
     register_all_modules(init_default_scope=True)
@@ -132,8 +132,7 @@ def train_detector(
         classes=classes,
     )
     with atomic_path(out_config) as tmp:
-        cfg.dump(str(tmp.with_suffix(".py")))
-        os.replace(tmp.with_suffix(".py"), tmp)
+        tmp.write_text(cfg.pretty_text)  # what Config.dump writes for a .py file
     n_train = len(train_coco["images"])
     iters_per_epoch = -(-n_train // int(hp["batch_size"]))
     log.info(
@@ -141,6 +140,10 @@ def train_detector(
         hp["backbone"], hp["init"], n_train, hp["epochs"], iters_per_epoch, device,
     )
     runner = Runner.from_cfg(cfg)
+    # mmengine's logger does not propagate: copy its training lines into our log file too
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in runner.logger.handlers:
+            runner.logger.addHandler(handler)
     start = time.time()
     runner.train()
     train_seconds = time.time() - start

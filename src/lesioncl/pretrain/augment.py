@@ -15,7 +15,8 @@ follow torchvision's sampling rules. Two differences, both deliberate:
   per pixel or through the view's global mean, so moving the flips relative to them
   changes nothing. Pixels the rotation brings in from outside are black (the
   torchvision fill) before normalisation.
-* a whole image (SimCLR baseline) is first resized to the output size with an
+* a whole image (SimCLR baseline) arrives already shrunk to the output size
+  (:class:`.data.WholeImageDataset`, area interpolation) or is resized here with an
   anti-aliased resize, then cropped; a lesion window already has the output size.
 """
 

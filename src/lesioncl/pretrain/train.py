@@ -254,8 +254,7 @@ class Trainer:
         seed_everything(cfg.seed)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
 
         self.train_set, self.val_set = self.build_datasets()
         self.global_batch, self.local_batch = self.batch_sizes(len(self.train_set), cfg.batch_size)
@@ -309,8 +308,8 @@ class Trainer:
             elif cfg.val_cache:
                 log.warning("%s has no val images: no validation loss", cfg.lesion_index)
         else:
-            train = WholeImageDataset(cfg.train_cache, cfg.seed, TRAIN_STREAM)
-            val = WholeImageDataset(cfg.val_cache, cfg.seed, VAL_STREAM) if cfg.val_cache else None
+            train = WholeImageDataset(cfg.train_cache, cfg.seed, TRAIN_STREAM, size=cfg.view_size)
+            val = WholeImageDataset(cfg.val_cache, cfg.seed, VAL_STREAM, size=cfg.view_size) if cfg.val_cache else None
         log.info("%s pretraining: %d train / %s val samples", cfg.mode, len(train), len(val) if val else 0)
         return train, val
 
@@ -330,7 +329,7 @@ class Trainer:
         workers = self.cfg.workers
         return DataLoader(
             dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
-            pin_memory=self.cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            pin_memory=self.cuda, persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
         )
 
     def build_model(self) -> ContrastiveModel:
@@ -707,7 +706,7 @@ def launch(cfg: PretrainConfig, gpus: int = 1, log_file: str | os.PathLike | Non
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
            "-m", "lesioncl.pretrain.train", "--config", str(config_path)]
     if log_file:
-        cmd += ["--log", str(log_file)]
+        cmd += ["--logfile", str(log_file)]
     log.info("launching %d DDP workers: %s", gpus, " ".join(cmd))
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -717,14 +716,14 @@ def launch(cfg: PretrainConfig, gpus: int = 1, log_file: str | os.PathLike | Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lesioncl.pretrain.train --config run.json [--log file]`` (a torchrun worker)."""
+    """``python -m lesioncl.pretrain.train --config run.json [--logfile file]`` (a torchrun worker)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON of PretrainConfig fields")
-    parser.add_argument("--log", help="text log (rank 0 appends to it)")
+    parser.add_argument("--logfile", help="text log (rank 0 appends to it)")
     args = parser.parse_args(argv)
     setup_logging(None)
-    if args.log and int(os.environ.get("RANK", "0")) == 0:
-        handler = logging.FileHandler(args.log, mode="a")
+    if args.logfile and int(os.environ.get("RANK", "0")) == 0:
+        handler = logging.FileHandler(args.logfile, mode="a")
         handler.setFormatter(logging.getLogger().handlers[0].formatter)
         logging.getLogger().addHandler(handler)
     cfg = PretrainConfig.from_dict(json.loads(Path(args.config).read_text()))

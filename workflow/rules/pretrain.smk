@@ -1,0 +1,203 @@
+# Contrastive pretraining (REFERENCE.md "Lesion-based contrastive pretraining").
+#   crop_cache        crop_manifest.csv -> results/cache/crops_{split}.npy (+ .csv): the
+#                     512 crops of a split decoded once into a uint8 memmap (also read
+#                     by the evaluation)
+#   pretrain_lesion   cache + lesion index -> results/pretrain/lesion_cl/ (the paper)
+#   pretrain_simclr   cache -> results/pretrain/simclr_{size}/ (whole-image baseline)
+# Outputs per method: backbone.pth (torchvision state_dict without fc), final.pt (full
+# training state), history.csv and loss_curve.png. TensorBoard logs: tb/.
+#
+# Resume: the trainer writes results/pretrain/{method}/checkpoints/last.pt every
+# pretrain.checkpoint_every epochs and on SIGTERM/SIGUSR1 (SLURM preemption or time
+# limit, Ctrl-C of Snakemake). It is not a declared output on purpose: Snakemake deletes
+# the outputs of an incomplete job before rerunning it. Rerunning the job (the default
+# profile sets rerun-incomplete) continues from that checkpoint when the
+# hyper-parameters and the data are unchanged; it is removed once final.pt is written.
+#
+# Multi-GPU: pretrain.gpus > 1 requests that many GPUs (gpu_resources) and the script
+# starts `torchrun --standalone --nproc_per_node=<gpus>` on the node; the global batch
+# (batch_size) is split evenly over the GPUs and the loss is computed over all of it.
+
+_PT = config["pretrain"]
+
+if len(_PT["simclr_sizes"]) != len(_PT["simclr_batch_sizes"]):
+    raise ValueError(
+        "config: pretrain.simclr_sizes and pretrain.simclr_batch_sizes must have the "
+        f"same length (got {_PT['simclr_sizes']} and {_PT['simclr_batch_sizes']})"
+    )
+
+# Everything that changes what training computes (operational settings such as
+# workers, checkpoint_every and compile are read from the config by the script, so
+# changing them does not rerun training).
+_PT_PARAMS = {
+    k: _PT[k]
+    for k in [
+        "arch",
+        "init",
+        "weights",
+        "epochs",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "warmup_epochs",
+        "temperature",
+        "proj_hidden",
+        "proj_dim",
+        "val_every",
+        "amp",
+        "sync_bn",
+        "gpus",
+    ]
+}
+
+
+def _pretrain_weights(wildcards):
+    """A weights file the backbone starts from (init: path, or imagenet from a file)."""
+    return (
+        [_PT["weights"]]
+        if _PT["weights"] and _PT["init"] in ("path", "imagenet")
+        else []
+    )
+
+
+def _simclr_batch(wildcards):
+    size = int(wildcards.size)
+    sizes = [int(s) for s in _PT["simclr_sizes"]]
+    if size not in sizes:
+        raise ValueError(
+            f"simclr_{size} was requested but pretrain.simclr_sizes is {sizes}; add {size} "
+            "there (with its batch size in simclr_batch_sizes)"
+        )
+    return _PT["simclr_batch_sizes"][sizes.index(size)]
+
+
+def _cache_inputs(*splits):
+    files = {}
+    for split in splits:
+        files[f"{split}_npy"] = f"{RESULTS}/cache/crops_{split}.npy"
+        files[f"{split}_csv"] = f"{RESULTS}/cache/crops_{split}.csv"
+    return files
+
+
+rule crop_cache:
+    input:
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+    output:
+        npy=f"{RESULTS}/cache/crops_{{split}}.npy",
+        csv=f"{RESULTS}/cache/crops_{{split}}.csv",
+    wildcard_constraints:
+        split=r"train|val|test",
+    params:
+        size=config["crop"]["size"],
+    log:
+        f"{LOGS}/crop_cache/{{split}}.log",
+    benchmark:
+        f"{BENCH}/crop_cache/{{split}}.tsv"
+    threads: max(1, _PT["workers"])
+    resources:
+        mem_mb=2000,
+        # ~5 ms of one core per 512 JPEG, x4 margin, + 10 min
+        runtime=lambda wildcards, input, threads: int(
+            10 + 0.02 * sum(1 for _ in open(input.manifest)) / threads / 60
+        ),
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/pretrain_cache.py"
+
+
+rule pretrain_lesion:
+    input:
+        **_cache_inputs("train", "val"),
+        index=f"{RESULTS}/lesions/lesion_index.pkl",
+        weights=_pretrain_weights,
+    output:
+        backbone=f"{RESULTS}/pretrain/lesion_cl/backbone.pth",
+        final=f"{RESULTS}/pretrain/lesion_cl/final.pt",
+        history=report(
+            f"{RESULTS}/pretrain/lesion_cl/history.csv",
+            caption="../report/pretrain_history.rst",
+            category="Pretraining",
+            subcategory="lesion_cl",
+        ),
+        curve=report(
+            f"{RESULTS}/pretrain/lesion_cl/loss_curve.png",
+            caption="../report/pretrain_curve.rst",
+            category="Pretraining",
+            subcategory="lesion_cl",
+        ),
+    params:
+        mode="lesion",
+        out_dir=f"{RESULTS}/pretrain/lesion_cl",
+        view_size=_PT["patch_size"],
+        batch_size=_PT["batch_size"],
+        train=_PT_PARAMS,
+        seed=config["seed"],
+        device=torch_device(),
+    log:
+        f"{LOGS}/pretrain/lesion_cl.log",
+    benchmark:
+        f"{BENCH}/pretrain/lesion_cl.tsv"
+    threads: _PT["workers"] * _PT["gpus"] + 1
+    resources:
+        **gpu_resources("pretrain"),
+        mem_mb=_PT["mem_mb"],
+        runtime=_PT["runtime"],
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/pretrain_train.py"
+
+
+rule pretrain_simclr:
+    input:
+        **_cache_inputs("train", "val"),
+        weights=_pretrain_weights,
+    output:
+        backbone=f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",
+        final=f"{RESULTS}/pretrain/simclr_{{size}}/final.pt",
+        history=report(
+            f"{RESULTS}/pretrain/simclr_{{size}}/history.csv",
+            caption="../report/pretrain_history.rst",
+            category="Pretraining",
+            subcategory="simclr_{size}",
+        ),
+        curve=report(
+            f"{RESULTS}/pretrain/simclr_{{size}}/loss_curve.png",
+            caption="../report/pretrain_curve.rst",
+            category="Pretraining",
+            subcategory="simclr_{size}",
+        ),
+    wildcard_constraints:
+        size=r"\d+",
+    params:
+        mode="whole",
+        out_dir=lambda wildcards: f"{RESULTS}/pretrain/simclr_{wildcards.size}",
+        view_size=lambda wildcards: int(wildcards.size),
+        batch_size=_simclr_batch,
+        train=_PT_PARAMS,
+        seed=config["seed"],
+        device=torch_device(),
+    log:
+        f"{LOGS}/pretrain/simclr_{{size}}.log",
+    benchmark:
+        f"{BENCH}/pretrain/simclr_{{size}}.tsv"
+    threads: _PT["workers"] * _PT["gpus"] + 1
+    resources:
+        **gpu_resources("pretrain"),
+        mem_mb=_PT["mem_mb"],
+        runtime=_PT["runtime"],
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/pretrain_train.py"
+
+
+rule pretrain_all:
+    input:
+        f"{RESULTS}/pretrain/lesion_cl/backbone.pth",
+        expand(
+            f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",
+            size=_PT["simclr_sizes"],
+        ),

@@ -70,8 +70,9 @@ class OriginalPairs(torch.utils.data.Dataset):
 
     def window(self, box) -> tuple[int, int, int, int]:
         x1, y1, x2, y2 = box
-        x0 = random.randint(int(math.ceil(x2)) - self.patch, int(x1))
-        y0 = random.randint(int(math.ceil(y2)) - self.patch, int(y1))
+        lo_x, lo_y = int(math.ceil(x2)) - self.patch, int(math.ceil(y2)) - self.patch
+        x0 = random.randint(min(lo_x, int(x1)), int(x1))
+        y0 = random.randint(min(lo_y, int(y1)), int(y1))
         return x0, y0, x0 + self.patch, y0 + self.patch  # PIL pads outside with black
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -237,9 +237,13 @@ def summarise(
     images_in: Mapping[str, int],
     reasons: pd.Series,
     detections: pd.DataFrame,
-    max_hist: int = 20,
+    max_hist: int = 50,
 ) -> dict[str, Any]:
-    """Per-split counts, boxes-per-image histograms and filter statistics."""
+    """Per-split counts, boxes-per-image histograms and filter statistics.
+
+    ``boxes_per_image_histogram[k]`` is the number of images with ``k`` kept boxes
+    (``k = 0``: left out of the index); the last bin counts ``max_hist`` or more.
+    """
     splits: dict[str, Any] = {}
     for split in SPLITS:
         n_in = int(images_in.get(split, 0))
@@ -252,8 +256,7 @@ def summarise(
             "images_without_boxes": n_in - len(per_image),
             "boxes": int(sum(per_image)),
             "mean_boxes_per_indexed_image": float(np.mean(per_image)) if per_image else 0.0,
-            # key k: images with k boxes (the last key: max_hist or more)
-            "boxes_per_image_histogram": {str(k): int(counts.get(k, 0)) for k in range(max_hist + 1)},
+            "boxes_per_image_histogram": [int(counts.get(k, 0)) for k in range(max_hist + 1)],
         }
     dropped = Counter(r for r in reasons if r)
     return {
@@ -309,8 +312,9 @@ def build_lesion_index(
     for split, s in summary["splits"].items():
         log.info("%s: %d images in, %d with >=1 box, %d without (left out), %d boxes",
                  split, s["images_in"], s["images_with_boxes"], s["images_without_boxes"], s["boxes"])
-        log.info("%s boxes-per-image histogram: %s", split,
-                 {k: v for k, v in s["boxes_per_image_histogram"].items() if v})
+        hist = s["boxes_per_image_histogram"]
+        log.info("%s boxes per image (count: images, last bin: %d or more): %s", split, len(hist) - 1,
+                 {k: v for k, v in enumerate(hist) if v})
     log.info("detections: %d, kept %d, dropped %s", summary["detections"], summary["kept"], summary["dropped"])
     plot_summary(summary, out_histogram)
     plot_qc(index, rows, out_qc, n_images=qc_images, seed=seed, size=size)
@@ -475,15 +479,16 @@ def plot_summary(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     width = 0.8 / max(1, len(summary["splits"]))
+    n_bins = 1
     for i, (split, s) in enumerate(summary["splits"].items()):
         hist = s["boxes_per_image_histogram"]
-        xs = np.arange(len(hist)) + i * width
-        ax.bar(xs, list(hist.values()), width=width,
+        n_bins = len(hist)
+        ax.bar(np.arange(n_bins) + i * width, hist, width=width, align="edge",
                label=f"{split}: {s['images_with_boxes']}/{s['images_in']} images, {s['boxes']} boxes")
-    keys = list(next(iter(summary["splits"].values()))["boxes_per_image_histogram"])
-    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2)
-    ax.set_xticklabels([k if i < len(keys) - 1 else f"{k}+" for i, k in enumerate(keys)], fontsize=7)
-    ax.set_xlabel("kept boxes per image (0: left out of the index)")
+    ticks = list(range(0, n_bins, max(1, n_bins // 10)))
+    ax.set_xticks(np.array(ticks) + 0.4)
+    ax.set_xticklabels([str(t) if t < n_bins - 1 else f"{t}+" for t in ticks], fontsize=7)
+    ax.set_xlabel(f"kept boxes per image (0: left out of the index; last bin: {n_bins - 1} or more)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
     ax = axes[1]

@@ -41,7 +41,7 @@ rule detector_train:
     threads: _DET["workers"] + 2  # torch threads of the training process + loader workers
     resources:
         **gpu_resources("detector"),
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=_detector_runtime,
     conda:
         ENV_TORCH

@@ -18,6 +18,8 @@
 # starts `torchrun --standalone --nproc_per_node=<gpus>` on the node; the global batch
 # (batch_size) is split evenly over the GPUs and the loss is computed over all of it.
 
+import os
+
 _PT = config["pretrain"]
 
 if len(_PT["simclr_sizes"]) != len(_PT["simclr_batch_sizes"]):
@@ -129,7 +131,7 @@ rule pretrain_lesion:
         ),
     params:
         mode="lesion",
-        out_dir=f"{RESULTS}/pretrain/lesion_cl",
+        out_dir=lambda wildcards, output: os.path.dirname(output.backbone),
         view_size=_PT["patch_size"],
         batch_size=_PT["batch_size"],
         train=_PT_PARAMS,
@@ -173,7 +175,7 @@ rule pretrain_simclr:
         size=r"\d+",
     params:
         mode="whole",
-        out_dir=lambda wildcards: f"{RESULTS}/pretrain/simclr_{wildcards.size}",
+        out_dir=lambda wildcards, output: os.path.dirname(output.backbone),
         view_size=lambda wildcards: int(wildcards.size),
         batch_size=_simclr_batch,
         train=_PT_PARAMS,

@@ -7,11 +7,14 @@ With pretrain.gpus > 1 the package starts torchrun on this node.
 
 from pathlib import Path
 
+import torch
+
 from lesioncl.pretrain.train import PretrainConfig, launch
 from lesioncl.utils import setup_logging
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = setup_logging(smk.log[0])
+torch.set_num_threads(smk.threads)  # CPU training: the rule's cores, not the machine's
 try:
     hp = dict(smk.params.train)
     gpus = int(hp.pop("gpus"))

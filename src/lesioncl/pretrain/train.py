@@ -571,7 +571,11 @@ class Trainer:
         if self.dist.is_main:
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
-            log.info("checkpoint: %s (epoch %d, step %d)", path, self.epoch, self.step)
+            if self.step:
+                log.info("checkpoint: %s (epoch %d, %d of %d steps done)", path, self.epoch + 1, self.step,
+                         self.steps_per_epoch)
+            else:
+                log.info("checkpoint: %s (after epoch %d)", path, self.epoch)
         if self.dist.world > 1:
             dist.barrier()
 
@@ -600,7 +604,8 @@ class Trainer:
         rng = state["rng"]
         if len(rng) == self.dist.world:
             restore_rng_state(rng[self.dist.rank])
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch + 1, self.step + 1)
+        log.info("resumed from %s: %d epochs and %d of %d steps of epoch %d done", path, self.epoch, self.step,
+                 self.steps_per_epoch, self.epoch + 1)
         return True
 
     # ---- outputs -------------------------------------------------------------------

@@ -4,6 +4,7 @@ and batched inference into lesion-index detections."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +193,18 @@ def trained(tmp_path_factory):
         anchor_scales=[2, 4], val_interval=1, log_interval=1, lr=0.01,
     )
     out = root / "out"
-    metrics = train_detector(
-        hp, train_ann=str(train_ann), train_images=str(train_images), test_ann=str(test_ann),
-        test_images=str(test_images), out_model=str(out / "model.pth"), out_config=str(out / "mmdet_config.py"),
-        out_metrics=str(out / "metrics.json"), out_curves=str(out / "curves.png"), work_dir=str(out / "work"),
-        seed=0, device="cpu", threads=1,
-    )
+    log_file = logging.FileHandler(root / "rule.log")  # what setup_logging gives a rule
+    logging.getLogger().addHandler(log_file)
+    try:
+        metrics = train_detector(
+            hp, train_ann=str(train_ann), train_images=str(train_images), test_ann=str(test_ann),
+            test_images=str(test_images), out_model=str(out / "model.pth"), out_config=str(out / "mmdet_config.py"),
+            out_metrics=str(out / "metrics.json"), out_curves=str(out / "curves.png"), work_dir=str(out / "work"),
+            seed=0, device="cpu", threads=1,
+        )
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
     return root, out, metrics
 
 
@@ -215,6 +222,7 @@ def test_tiny_training_publishes_a_plain_state_dict_and_metrics(trained):
     assert 0.0 <= saved["mAP_50"] <= 1.0 and saved["iterations"] == 2
     assert (out / "curves.png").stat().st_size > 1000
     assert list((out / "work" / "tb").glob("events.out.tfevents.*")), "no TensorBoard log"
+    assert "Epoch(train)" in (root / "rule.log").read_text(), "mmengine's training log is not in the rule log"
     text = (out / "mmdet_config.py").read_text()
     assert "FasterRCNN" in text and "microaneurysm" in text
     assert not list((out / "work").rglob("*.pth")) or all(

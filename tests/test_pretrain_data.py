@@ -27,7 +27,7 @@ SIZE, PATCH = 64, 24
 
 def _boxes_everywhere(size: int, patch: int):
     """Boxes touching every edge and corner, in the middle, small/at-the-limit/too large."""
-    for w, h in [(1, 1), (6, 10), (patch, patch), (patch - 0.5, 3), (patch + 7, 5), (5, patch + 9), (40, 50)]:
+    for w, h in [(0, 0), (1, 1), (6, 10), (patch, patch), (patch - 0.5, 3), (patch + 7, 5), (5, patch + 9), (40, 50)]:
         for xa, ya in itertools.product(("left", "mid", "right"), ("top", "mid", "bottom")):
             x1 = {"left": 0.0, "mid": (size - w) / 2, "right": size - w}[xa]
             y1 = {"top": 0.0, "mid": (size - h) / 2, "bottom": size - h}[ya]

@@ -141,11 +141,16 @@ def train_detector(
     )
     runner = Runner.from_cfg(cfg)
     # mmengine's logger does not propagate: copy its training lines into our log file too
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and handler not in runner.logger.handlers:
-            runner.logger.addHandler(handler)
+    shared = [h for h in logging.getLogger().handlers
+              if isinstance(h, logging.FileHandler) and h not in runner.logger.handlers]
+    for handler in shared:
+        runner.logger.addHandler(handler)
     start = time.time()
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        for handler in shared:
+            runner.logger.removeHandler(handler)
     train_seconds = time.time() - start
     log.info("training took %.0f s", train_seconds)
     with atomic_path(out_model) as tmp:

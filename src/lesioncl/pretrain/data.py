@@ -158,11 +158,11 @@ class LesionPairDataset(_CacheDataset):
                     f"{index_file}: image {name} has boxes of shape {arr.shape}, expected a list "
                     "of (x1, y1, x2, y2); rebuild the lesion index"
                 )
-            valid = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1]) & np.isfinite(arr).all(axis=1)
+            valid = (arr[:, 2] >= arr[:, 0]) & (arr[:, 3] >= arr[:, 1]) & np.isfinite(arr).all(axis=1)
             if not valid.all():
                 raise ValueError(
                     f"{index_file}: image {name} has malformed boxes {arr[~valid][:3].tolist()} "
-                    "(expected x1 < x2, y1 < y2); rebuild the lesion index"
+                    "(expected x1 <= x2, y1 <= y2); rebuild the lesion index"
                 )
             if len(arr) == 0:
                 empty += 1

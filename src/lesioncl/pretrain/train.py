@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
+from lesioncl.pretrain.cache import open_crop_cache
 from lesioncl.pretrain.data import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -298,7 +299,8 @@ class Trainer:
         if cfg.mode == "lesion":
             from lesioncl.lesion_index import load_lesion_index
 
-            index = load_lesion_index(cfg.lesion_index, required_splits=("train",))
+            size = open_crop_cache(cfg.train_cache)[0].shape[1]
+            index = load_lesion_index(cfg.lesion_index, required_splits=("train",), size=size)
             train = LesionPairDataset(cfg.train_cache, index["train"], cfg.view_size, cfg.seed, TRAIN_STREAM,
                                       index_file=f"{cfg.lesion_index} [train]")
             val = None
@@ -619,7 +621,12 @@ class Trainer:
             with atomic_path(out["final"]) as tmp:
                 torch.save(state, tmp)
             write_history(out["history"], self.history)
-            plot_history(self.history, out["curve"], title=f"{self.cfg.mode} pretraining ({self.cfg.arch})")
+            kind = "lesion-based CL" if self.cfg.mode == "lesion" else "SimCLR on whole images"
+            plot_history(
+                self.history, out["curve"],
+                title=f"{kind}: {self.cfg.arch}, {self.cfg.view_size}-px views, batch {self.global_batch}",
+                chance=math.log(2 * self.global_batch - 1),
+            )
             self.cfg.checkpoint_path.unlink(missing_ok=True)
             log.info("wrote %s and %s", out["backbone"], out["final"])
         if self.dist.world > 1:
@@ -660,8 +667,11 @@ def write_history(path: str | os.PathLike, history: Iterable[dict[str, float]]) 
                                  for k in HISTORY_COLUMNS})
 
 
-def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
-    """Train and validation loss per epoch as a PNG."""
+def plot_history(
+    history: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "", chance: float | None = None
+) -> None:
+    """Train and validation loss per epoch as a PNG; ``chance``: the loss of uninformative
+    embeddings, log(2B - 1) for B pairs, drawn as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -673,9 +683,11 @@ def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike, t
     val = [(r["epoch"], r["val_loss"]) for r in history if not math.isnan(r["val_loss"])]
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance: log(2B - 1)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("contrastive loss (NT-Xent)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

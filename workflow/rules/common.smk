@@ -1,5 +1,6 @@
 # Shared set-up: config validation, the package on PYTHONPATH, path helpers.
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -69,3 +70,35 @@ def gpu_resources(section):
         return {}
     gpus = config.get(section, {}).get("gpus", 1)
     return {"gpu": gpus}
+
+
+# ---- input functions and resources of the stage rules -------------------------
+
+if _SRC not in sys.path:
+    sys.path.append(_SRC)
+from lesioncl.eyepacs.labels import check_raw_layout
+
+
+def _eyepacs_labels_input(wildcards):
+    """The raw folder; an existing folder (source: folder) is checked right away."""
+    raw = eyepacs_raw_dir()
+    if config["eyepacs"]["source"] != "folder":
+        return {"raw": raw}  # produced by synthetic.smk or eyepacs_unpack
+    labels = check_raw_layout(raw)  # clear error: missing folder / CSV and the fix
+    return {
+        "raw": raw,
+        "train_csv": str(labels["train"]),
+        "test_csv": str(labels["test"]),
+    }
+
+
+def _detector_runtime(wildcards, attempt):
+    """Minutes: ~2 per epoch on CPU for the demo, generous for the real run on a GPU."""
+    return int(30 + 3 * config["detector"]["epochs"]) * attempt
+
+
+def _lesions_runtime(wildcards, input, attempt):
+    """Minutes for one shard: ~1 s per image on CPU, plus 10."""
+    with open(input.manifest) as fh:
+        n_images = max(sum(1 for _ in fh) - 1, 0)
+    return int(10 + n_images / config["lesion_index"]["n_shards"] / 60) * attempt

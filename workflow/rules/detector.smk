@@ -6,11 +6,6 @@
 _DET = config["detector"]
 
 
-def _detector_runtime(wildcards, attempt):
-    """Minutes: ~2 per epoch on CPU for the demo, generous for the real run on a GPU."""
-    return int(30 + 3 * _DET["epochs"]) * attempt
-
-
 rule detector_train:
     input:
         train=f"{RESULTS}/idrid/coco_train.json",

@@ -2,12 +2,6 @@
 # multi-part archives, validation of the raw folder and the labels table
 # results/eyepacs/labels.csv (image, patient_id, eye, level, split, path).
 # Split: train = Kaggle train; val = Kaggle test Usage=Public; test = Usage=Private.
-import sys
-
-if _SRC not in sys.path:
-    sys.path.append(_SRC)
-from lesioncl.eyepacs.labels import check_raw_layout
-
 _EYEPACS = config["eyepacs"]
 _EYEPACS_DL = _EYEPACS["download_dir"]
 
@@ -19,7 +13,7 @@ rule eyepacs_download:
         manifest=f"{_EYEPACS_DL}/archives/download_manifest.json",
     params:
         competition=_EYEPACS["competition"],
-        download_dir=_EYEPACS_DL,
+        download_dir=lambda wildcards, output: str(Path(output.manifest).parent.parent),
     log:
         f"{LOGS}/eyepacs_download/eyepacs_download.log",
     benchmark:
@@ -43,7 +37,7 @@ rule eyepacs_unpack:
     output:
         raw=directory(f"{_EYEPACS_DL}/raw"),
     params:
-        archives_dir=f"{_EYEPACS_DL}/archives",
+        archives_dir=lambda wildcards, input: str(Path(input.manifest).parent),
     log:
         f"{LOGS}/eyepacs_unpack/eyepacs_unpack.log",
     benchmark:
@@ -55,19 +49,6 @@ rule eyepacs_unpack:
         ENV_DATA
     script:
         "../scripts/eyepacs_unpack.py"
-
-
-def _eyepacs_labels_input(wildcards):
-    """The raw folder; an existing folder (source: folder) is checked right away."""
-    raw = eyepacs_raw_dir()
-    if _EYEPACS["source"] != "folder":
-        return {"raw": raw}  # produced by synthetic.smk or eyepacs_unpack
-    labels = check_raw_layout(raw)  # clear error: missing folder / CSV and the fix
-    return {
-        "raw": raw,
-        "train_csv": str(labels["train"]),
-        "test_csv": str(labels["test"]),
-    }
 
 
 rule eyepacs_labels:

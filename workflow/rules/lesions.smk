@@ -6,13 +6,6 @@
 _LI = config["lesion_index"]
 
 
-def _lesions_runtime(wildcards, input, attempt):
-    """Minutes for one shard: ~1 s per image on CPU, plus 10."""
-    with open(input.manifest) as fh:
-        n_images = max(sum(1 for _ in fh) - 1, 0)
-    return int(10 + n_images / _LI["n_shards"] / 60) * attempt
-
-
 rule lesions_predict:
     input:
         manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",

@@ -535,7 +535,9 @@ def run_tasks(tasks: Sequence[CropTask], workers: int, desc: str = "crop") -> li
     import multiprocessing as mp
 
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    with mp.get_context("fork").Pool(workers, initializer=init_worker) as pool:
+    # forkserver: forking a process that already runs threads (OpenCV's, torch's,
+    # a test runner's) can deadlock the children on an inherited lock
+    with mp.get_context("forkserver").Pool(workers, initializer=init_worker) as pool:
         return list(
             tqdm(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
                  unit="img", mininterval=2)

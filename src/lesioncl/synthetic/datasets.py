@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,7 +144,10 @@ def _map(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
                 yield fn(item)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # forkserver, not fork: forking a process that already runs threads can
+            # deadlock the children on an inherited lock
+            ctx = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 for result in pool.map(fn, items, chunksize=max(1, min(16, len(items) // (4 * workers)))):
                     yield result
                     bar.update()

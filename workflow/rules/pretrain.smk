@@ -54,32 +54,20 @@ _PT_PARAMS = {
 }
 
 
-def _pretrain_weights(wildcards):
-    """A weights file the backbone starts from (init: path, or imagenet from a file)."""
-    return (
-        [_PT["weights"]]
-        if _PT["weights"] and _PT["init"] in ("path", "imagenet")
-        else []
-    )
-
-
-def _simclr_batch(wildcards):
-    size = int(wildcards.size)
-    sizes = [int(s) for s in _PT["simclr_sizes"]]
-    if size not in sizes:
-        raise ValueError(
-            f"simclr_{size} was requested but pretrain.simclr_sizes is {sizes}; add {size} "
-            "there (with its batch size in simclr_batch_sizes)"
-        )
-    return _PT["simclr_batch_sizes"][sizes.index(size)]
-
-
-def _cache_inputs(*splits):
-    files = {}
-    for split in splits:
-        files[f"{split}_npy"] = f"{RESULTS}/cache/crops_{split}.npy"
-        files[f"{split}_csv"] = f"{RESULTS}/cache/crops_{split}.csv"
-    return files
+# A weights file the backbone starts from (init: path, or imagenet from a file).
+_PT_WEIGHTS = (
+    [_PT["weights"]] if _PT["weights"] and _PT["init"] in ("path", "imagenet") else []
+)
+# Batch size of each SimCLR baseline; only configured sizes match the wildcard
+# (evaluate.smk reports a requested simclr_<size> that is not configured).
+_SIMCLR_BATCH = dict(
+    zip((int(s) for s in _PT["simclr_sizes"]), _PT["simclr_batch_sizes"])
+)
+_CACHE = {
+    f"{split}_{ext}": f"{RESULTS}/cache/crops_{split}.{ext}"
+    for split in ("train", "val")
+    for ext in ("npy", "csv")
+}
 
 
 rule crop_cache:
@@ -111,9 +99,9 @@ rule crop_cache:
 
 rule pretrain_lesion:
     input:
-        **_cache_inputs("train", "val"),
+        **_CACHE,
         index=f"{RESULTS}/lesions/lesion_index.pkl",
-        weights=_pretrain_weights,
+        weights=_PT_WEIGHTS,
     output:
         backbone=f"{RESULTS}/pretrain/lesion_cl/backbone.pth",
         final=f"{RESULTS}/pretrain/lesion_cl/final.pt",
@@ -154,8 +142,8 @@ rule pretrain_lesion:
 
 rule pretrain_simclr:
     input:
-        **_cache_inputs("train", "val"),
-        weights=_pretrain_weights,
+        **_CACHE,
+        weights=_PT_WEIGHTS,
     output:
         backbone=f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",
         final=f"{RESULTS}/pretrain/simclr_{{size}}/final.pt",
@@ -172,12 +160,12 @@ rule pretrain_simclr:
             subcategory="simclr_{size}",
         ),
     wildcard_constraints:
-        size=r"\d+",
+        size="|".join(str(s) for s in _SIMCLR_BATCH),
     params:
         mode="whole",
         out_dir=lambda wildcards, output: os.path.dirname(output.backbone),
         view_size=lambda wildcards: int(wildcards.size),
-        batch_size=_simclr_batch,
+        batch_size=lambda wildcards: _SIMCLR_BATCH[int(wildcards.size)],
         train=_PT_PARAMS,
         seed=config["seed"],
         device=torch_device(),

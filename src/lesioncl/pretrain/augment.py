@@ -57,32 +57,23 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) through HSV, per view."""
-    hsv = rgb_to_hsv(x)
-    hsv[:, 0] = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
-    return hsv_to_rgb(hsv)
+    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) per view, as an HSV round trip.
 
-
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB -> HSV, each in [0, 1] (hue in turns)."""
+    Rotating the hue keeps each pixel's max (V) and chroma (max - min), so the round
+    trip reduces to: hue h in sextants from the largest channel, then channel c =
+    max - chroma * clamp(min(k_c, 4 - k_c), 0, 1) with k_c = (n_c + h + 6 shift) mod 6,
+    n = (5, 3, 1) (the standard HSV -> RGB formula).
+    """
     maxc, argmax = x.max(dim=1, keepdim=True)
     chroma = maxc - x.amin(dim=1, keepdim=True)
     # hue numerator when r, g or b is the largest channel: g - b, b - r, r - g
     diff = x[:, [1, 2, 0]] - x[:, [2, 0, 1]]
     h6 = torch.gather(diff, 1, argmax).div_(chroma.clamp_min(1e-12)).add_(argmax * 2.0)
-    h = torch.remainder(h6, 6.0).div_(6.0).masked_fill_(chroma == 0, 0.0)
-    s = chroma / maxc.clamp_min(1e-12)
-    return torch.cat((h, s, maxc), dim=1)
-
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) HSV -> RGB: channel c = v * (1 - s * clamp(min(k, 4 - k), 0, 1)),
-    k = (n_c + 6h) mod 6 with n = (5, 3, 1)."""
-    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    h6 = h6.add_(6.0 * shift.view(-1, 1, 1, 1))
     n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + 6.0 * h, 6.0)
+    k = torch.remainder(h6 + n, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return ramp.mul_(s).neg_().add_(1.0).mul_(v).clamp_(0.0, 1.0)
+    return ramp.mul_(chroma).neg_().add_(maxc).clamp_(0.0, 1.0)
 
 
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)

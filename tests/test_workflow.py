@@ -69,3 +69,58 @@ def test_crop_parameter_change_reruns_only_affected_rules(demo, tmp_path):
     assert "crop_shard" in planned and "crop_merge" in planned, planned
     untouched = {"synthetic_eyepacs", "synthetic_idrid", "eyepacs_labels", "idrid_coco", "detector_train"}
     assert not planned & untouched, planned
+
+
+def test_detector_learns(demo):
+    metrics = json.loads((demo / "results/detector/metrics.json").read_text())
+    assert metrics["mAP_50"] > 0.02, metrics  # clearly above zero on the synthetic testing set
+
+
+def test_lesion_index(demo):
+    from lesioncl.lesion_index import load_lesion_index
+
+    path = demo / "results/lesions/lesion_index.pkl"
+    with open(path, "rb") as fh:
+        plain = pickle.load(fh)
+    safe = load_lesion_index(path)
+    assert set(plain) == {"train", "val"} and plain == safe
+    for split, images in plain.items():
+        assert images, split
+        for name, boxes in images.items():
+            assert re.fullmatch(r"\d+_(left|right)\.jpeg", name)
+            assert boxes and all(isinstance(b, tuple) and len(b) == 4 for b in boxes)
+            for x1, y1, x2, y2 in boxes:
+                assert 5 < x1 < x2 < 507 and 5 < y1 < y2 < 507
+                assert x2 - x1 <= 128 and y2 - y1 <= 128
+
+
+def test_pretrained_backbones_load_into_torchvision(demo):
+    import torch
+    import torchvision
+
+    for method in ("lesion_cl", "simclr_64"):
+        state = torch.load(demo / f"results/pretrain/{method}/backbone.pth", weights_only=True)
+        assert not any(k.startswith("fc.") for k in state)
+        torchvision.models.resnet18().load_state_dict(state, strict=False)
+        history = pd.read_csv(demo / f"results/pretrain/{method}/history.csv")
+        assert history["train_loss"].notna().all()
+
+
+def test_kappa_table_is_complete(demo):
+    table = pd.read_csv(demo / "results/tables/kappa.csv")
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    methods = [m for m in config["evaluation"]["methods"] if m != "imagenet"]  # no weights offline
+    for evaluation in ("linear", "finetune"):
+        rows = table[table["evaluation"] == evaluation]
+        for method in methods:
+            for fraction in config["evaluation"]["fractions"]:
+                cell = rows[(rows["method"] == method) & (rows["fraction"].round(6) == round(fraction, 6))]
+                assert len(cell) == 1, (evaluation, method, fraction, rows)
+                kappa = float(cell["test_kappa_mean"].iloc[0])
+                assert -1.0 <= kappa <= 1.0
+    assert (demo / "results/tables/kappa.md").is_file()
+
+
+def test_report_builds(demo):
+    run_snakemake(demo, "--report", "results/report.html")
+    assert (demo / "results/report.html").stat().st_size > 10_000

@@ -74,6 +74,6 @@ rule lesions_index:
         mem_mb=2000,
         runtime=20,
     conda:
-        ENV_DATA
+        ENV_TORCH
     script:
         "../scripts/lesions_index.py"

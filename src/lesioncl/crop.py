@@ -532,12 +532,10 @@ def run_tasks(tasks: Sequence[CropTask], workers: int, desc: str = "crop") -> li
     if workers <= 1 or len(tasks) <= 1:
         init_worker()
         return [_crop_task(t) for t in tqdm(tasks, desc=desc, unit="img", mininterval=2)]
-    import multiprocessing as mp
+    from lesioncl.utils import worker_context
 
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    # forkserver: forking a process that already runs threads (OpenCV's, torch's,
-    # a test runner's) can deadlock the children on an inherited lock
-    with mp.get_context("forkserver").Pool(workers, initializer=init_worker) as pool:
+    with worker_context() as ctx, ctx.Pool(workers, initializer=init_worker) as pool:
         return list(
             tqdm(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
                  unit="img", mininterval=2)

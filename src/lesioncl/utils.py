@@ -115,3 +115,29 @@ def resolve_device(name: str = "auto") -> str:
             "config: device is 'cuda' but torch sees no CUDA GPU; set device: auto or cpu"
         )
     return name
+
+
+@contextmanager
+def worker_context() -> Iterator[Any]:
+    """A multiprocessing context for process pools, safe in threaded parents.
+
+    ``fork`` copies a parent that already runs threads (OpenCV's or torch's thread
+    pools, a test runner's) together with any lock one of them held, which can
+    deadlock the children. ``forkserver`` starts workers from a clean server
+    process, but re-runs the parent's ``__main__`` file in each of them — for a
+    Snakemake script that is the script itself, which fails outside Snakemake. So
+    while the pool starts, ``__main__`` is presented without its file; the workers'
+    functions live in lesioncl modules and are imported normally. Create and use the
+    pool inside the ``with`` block.
+    """
+    import multiprocessing
+
+    main = sys.modules.get("__main__")
+    saved = getattr(main, "__file__", None)
+    if saved is not None:
+        del main.__file__
+    try:
+        yield multiprocessing.get_context("forkserver")
+    finally:
+        if saved is not None:
+            main.__file__ = saved

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..utils import atomic_path
+from ..utils import atomic_path, worker_context
 from .grading import (
     DEFAULT_EYEPACS_GRADES,
     DEFAULT_IDRID_GRADES,
@@ -144,10 +143,7 @@ def _map(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
                 yield fn(item)
                 bar.update()
         else:
-            # forkserver, not fork: forking a process that already runs threads can
-            # deadlock the children on an inherited lock
-            ctx = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with worker_context() as ctx, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 for result in pool.map(fn, items, chunksize=max(1, min(16, len(items) // (4 * workers)))):
                     yield result
                     bar.update()

@@ -102,3 +102,131 @@ def _lesions_runtime(wildcards, input, attempt):
     with open(input.manifest) as fh:
         n_images = max(sum(1 for _ in fh) - 1, 0)
     return int(10 + n_images / config["lesion_index"]["n_shards"] / 60) * attempt
+
+
+# ---- evaluation (evaluate.smk) and report (report.smk) -------------------------
+
+import re
+
+_EVAL = config["evaluation"]
+_LIN = _EVAL["linear"]
+_FT = _EVAL["finetune"]
+EVAL_ARCH = config["pretrain"]["arch"]
+
+
+def _fraction_tag(fraction):
+    """Same text as lesioncl.evaluation.fractions.fraction_tag (0.1 -> '0.1', 1.0 -> '1')."""
+    return f"{float(fraction):g}"
+
+
+EVAL_FRACTIONS = [_fraction_tag(f) for f in _EVAL["fractions"]]
+EVAL_SEEDS = list(_EVAL["seeds"])
+FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
+EVAL_METHODS = list(_EVAL["methods"]) + [
+    m for m in _EVAL["extra_weights"] if m not in _EVAL["methods"]
+]
+EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
+
+
+def _check_methods():
+    sizes = [int(s) for s in config["pretrain"]["simclr_sizes"]]
+    for method in EVAL_METHODS:
+        if method in _EVAL["extra_weights"] or method in (
+            "lesion_cl",
+            "random",
+            "imagenet",
+        ):
+            continue
+        m = re.fullmatch(r"simclr_(\d+)", method)
+        if m is None:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r}; use lesion_cl, simclr_<size>, "
+                "random, imagenet or a name defined in evaluation.extra_weights"
+            )
+        if int(m.group(1)) not in sizes:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r} but pretrain.simclr_sizes is "
+                f"{sizes}; add {m.group(1)} there or drop the method"
+            )
+
+
+_check_methods()
+
+
+def eval_weights(wildcards):
+    """The backbone file a method starts from ([] for random and hub-cache ImageNet)."""
+    method = wildcards.method
+    if method in _EVAL["extra_weights"]:
+        return [_EVAL["extra_weights"][method]]
+    if method == "imagenet":
+        return [_EVAL["imagenet_weights"]] if _EVAL["imagenet_weights"] else []
+    if method == "random":
+        return []
+    return [f"{RESULTS}/pretrain/{method}/backbone.pth"]
+
+
+def _cache(split):
+    return {
+        f"{split}_npy": f"{RESULTS}/cache/crops_{split}.npy",
+        f"{split}_csv": f"{RESULTS}/cache/crops_{split}.csv",
+    }
+
+
+def _n_rows(path):
+    try:
+        with open(path) as fh:
+            return max(sum(1 for _ in fh) - 1, 0)
+    except OSError:
+        return 50000
+
+
+def _images_per_minute():
+    """Rough inference throughput for runtime requests (a training image costs ~3)."""
+    return 30000 if config["device"] != "cpu" else 120
+
+
+def _features_runtime(wildcards, input):
+    return int(10 + 2 * _n_rows(input.csv) / _images_per_minute())
+
+
+def _finetune_runtime(wildcards, input):
+    per_epoch = 3 * float(wildcards.fraction) * _n_rows(input.train_csv) + _n_rows(
+        input.val_csv
+    )
+    final = _n_rows(input.val_csv) + _n_rows(input.test_csv)
+    return int(20 + 2 * (_FT["epochs"] * per_epoch + final) / _images_per_minute())
+
+
+def eval_results(evaluation):
+    """Every run JSON of one evaluation (methods x fractions x seeds)."""
+    if evaluation not in EVALUATIONS:
+        return []
+    seeds = EVAL_SEEDS if evaluation == "linear" else FINETUNE_SEEDS
+    return expand(
+        f"{RESULTS}/eval/{evaluation}/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+        method=EVAL_METHODS,
+        fraction=EVAL_FRACTIONS,
+        seed=seeds,
+    )
+
+
+PRETRAINED_METHODS = [
+    m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)
+]
+LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
+
+REPORT_TARGETS = [
+    f"{RESULTS}/tables/kappa.csv",
+    f"{RESULTS}/tables/kappa.md",
+    *expand(f"{RESULTS}/plots/kappa_{{evaluation}}.png", evaluation=EVALUATIONS),
+    f"{RESULTS}/plots/confusion_test.png",
+    f"{RESULTS}/plots/pretrain_loss.png",
+    *([f"{RESULTS}/plots/finetune_curves.png"] if "finetune" in EVALUATIONS else []),
+]
+# QC pictures and metrics of the earlier stages (report() outputs of their own rules).
+QC_TARGETS = [
+    f"{RESULTS}/eyepacs/qc_crops.png",
+    f"{RESULTS}/idrid/qc_boxes.png",
+    f"{RESULTS}/lesions/qc_boxes.png",
+    f"{RESULTS}/detector/metrics.json",
+]

@@ -3,41 +3,6 @@
 # pictures of the earlier stages (rule all requests them, see REPORT_TARGETS).
 
 
-def eval_results(evaluation):
-    """Every run JSON of one evaluation (methods x fractions x seeds)."""
-    if evaluation not in EVALUATIONS:
-        return []
-    seeds = EVAL_SEEDS if evaluation == "linear" else FINETUNE_SEEDS
-    return expand(
-        f"{RESULTS}/eval/{evaluation}/{{method}}/frac{{fraction}}_seed{{seed}}.json",
-        method=EVAL_METHODS,
-        fraction=EVAL_FRACTIONS,
-        seed=seeds,
-    )
-
-
-PRETRAINED_METHODS = [
-    m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)
-]
-LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
-
-REPORT_TARGETS = [
-    f"{RESULTS}/tables/kappa.csv",
-    f"{RESULTS}/tables/kappa.md",
-    *expand(f"{RESULTS}/plots/kappa_{{evaluation}}.png", evaluation=EVALUATIONS),
-    f"{RESULTS}/plots/confusion_test.png",
-    f"{RESULTS}/plots/pretrain_loss.png",
-    *([f"{RESULTS}/plots/finetune_curves.png"] if "finetune" in EVALUATIONS else []),
-]
-# QC pictures and metrics of the earlier stages (report() outputs of their own rules).
-QC_TARGETS = [
-    f"{RESULTS}/eyepacs/qc_crops.png",
-    f"{RESULTS}/idrid/qc_boxes.png",
-    f"{RESULTS}/lesions/qc_boxes.png",
-    f"{RESULTS}/detector/metrics.json",
-]
-
-
 rule kappa_table:
     input:
         linear=eval_results("linear"),

@@ -65,7 +65,7 @@ def small_config(tmp_path_factory) -> Path:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["device"] = "auto"  # GPU rules declare `gpu` (device: cpu would drop it)
     config["synthetic"]["idrid"].update(n_train=4, n_test=2, height=320)
-    config["detector"].update(epochs=2, lr_steps=[1], warmup_iters=1, img_scale=[256, 192], workers=1)
+    config["detector"].update(epochs=2, lr_steps=[1], warmup_iters=1, img_scale=[256, 192], workers=0)  # threads = workers + 2 must fit the 2-CPU test node
     path = tmp_path_factory.mktemp("slurm-config") / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -26,7 +26,7 @@ rule detector_train:
         ),
         work=directory(f"{RESULTS}/detector/work"),
     params:
-        detector=_DET,
+        detector=dict(sorted(_DET.items())),  # key order of the config file does not matter
         seed=config["seed"],
         device=torch_device(),
     log:

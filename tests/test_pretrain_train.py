@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from lesioncl.pretrain.train import (
+    COLLAPSE_FRACTION,
     PretrainConfig,
     Trainer,
     TrainingInterrupted,
@@ -66,7 +67,10 @@ def test_loss_decreases_and_outputs_follow_the_contract(toy, tmp_path):
     final = load(out["final"])
     assert final["epoch"] == 10 and final["step"] == 0 and len(final["history"]) == 10
     table = pd.read_csv(out["history"])
-    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s"]
+    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std"]
+    # embeddings spread out (1/sqrt(proj_dim) for a uniform spread), well above the collapse floor
+    floor = COLLAPSE_FRACTION / math.sqrt(cfg.proj_dim)
+    assert (table["embedding_std"] > 3 * floor).all(), table["embedding_std"].tolist()
     assert table["val_loss"].notna().tolist() == [False] * 4 + [True] + [False] * 4 + [True]
     assert (table["pairs_per_s"] > 0).all() and table["lr"].iloc[0] < table["lr"].iloc[2]  # warm-up
     assert table["lr"].iloc[2:].is_monotonic_decreasing
@@ -162,6 +166,23 @@ def test_non_finite_loss_stops_with_epoch_and_step(toy, tmp_path):
     trainer.contrastive_loss = poisoned
     with pytest.raises(FloatingPointError, match="epoch 2, step 2"):
         trainer.fit()
+
+
+def test_collapsed_embeddings_stop_training_with_advice(toy, tmp_path):
+    """All views mapped to one point: the loss sits at ln(2N - 1), the gradient is zero,
+    and the run stops after COLLAPSE_PATIENCE epochs instead of training on."""
+    cfg = make_cfg(toy, tmp_path / "collapsed", epochs=6, val_every=6)
+    trainer = Trainer(cfg)
+    last = trainer.model.projector[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(1.0)
+    with pytest.raises(FloatingPointError, match="collapsed.*Lower pretrain.lr or raise pretrain.warmup_epochs"):
+        trainer.fit()
+    table = pd.read_csv(cfg.outputs()["history"])
+    assert table["epoch"].tolist() == [1, 2, 3]  # stopped at the third collapsed epoch
+    assert (table["embedding_std"] < 1e-3).all()
+    assert table["train_loss"].tolist() == pytest.approx([math.log(2 * cfg.batch_size - 1)] * 3, abs=1e-3)
 
 
 def test_warmup_cosine_schedule():

@@ -191,3 +191,118 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     assert wait_until(lambda: jobs_by_id(cluster)[job]["state"] == "CANCELLED", timeout=60), (
         text[-3000:], squeue(cluster))
     assert proc.returncode != 0
+
+
+# --------------------------------------------------------------------------- time limit
+def _toy_inputs(work: Path, n_train: int, n_val: int) -> None:
+    """The inputs of rule pretrain_lesion (crop caches, lesion index) made directly from
+    generated 64-px crops, at the paths the workflow uses; the chain that normally makes
+    them is tested elsewhere and is kept out of this run with --allowed-rules."""
+    from lesioncl.pretrain.toydata import write_toy_cache
+
+    results = work / "results"
+    paths = write_toy_cache(results, size=64, n_train=n_train, n_val=n_val, colorful=True)
+    (results / "lesions").mkdir(parents=True, exist_ok=True)
+    paths["index"].rename(results / "lesions" / "lesion_index.pkl")
+
+
+def _epochs_in_text(csv_text: str) -> list[int]:
+    """The first column (epoch) of a history CSV."""
+    return [int(line.split(",")[0]) for line in csv_text.splitlines()[1:]]
+
+
+def _epochs_in(history: Path) -> list[int]:
+    return _epochs_in_text(history.read_text())
+
+
+@needs_slurm
+def test_time_limit_then_rerun_resumes_pretraining(cluster, profile, tmp_path):
+    """A pretraining job stopped by its SLURM time limit resumes when the workflow is rerun.
+
+    At the limit slurmd sends SIGTERM to the job's processes (KillWait = 10 s before
+    SIGKILL); the trainer finishes its step, writes checkpoints/last.pt and exits
+    non-zero; Snakemake deletes the job's outputs but not the checkpoint (not an
+    output), and the rerun continues from it instead of starting again.
+    """
+    work = tmp_path / "run"
+    _toy_inputs(work, n_train=64, n_val=16)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["device"] = "cpu"
+    # 1-3 epochs a second on one core of a 2-core test machine: past a 1-minute limit
+    config["pretrain"].update(patch_size=32, batch_size=16, epochs=400, workers=0, val_every=1000,
+                              checkpoint_every=1000, proj_hidden=64, proj_dim=32)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = "results/pretrain/lesion_cl/backbone.pth"
+    limited = ("--allowed-rules", "pretrain_lesion", "--set-threads", "pretrain_lesion=1",
+               "--set-resources", "pretrain_lesion:runtime=1")
+
+    first = run_snakemake_slurm(cluster, work, profile, target, *limited, configfile=configfile, timeout=600)
+    assert first.returncode != 0, first.stdout[-4000:]
+    (slurm_id, _), = [(s, j) for s, j in _submissions(first.stdout).items()]
+    assert jobs_by_id(cluster)[slurm_id]["state"] == "TIMEOUT", (jobs_by_id(cluster), first.stdout[-3000:])
+    checkpoint = work / "results" / "pretrain" / "lesion_cl" / "checkpoints" / "last.pt"
+    assert checkpoint.is_file(), first.stdout[-3000:]
+    log = (work / "logs" / "pretrain" / "lesion_cl.log").read_text()
+    assert "stop requested" in log, log[-3000:]
+    assert not (work / target).exists()
+    import torch
+
+    stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    done = int(stopped_at["epoch"])
+    assert 0 < done < 400, done
+
+    second = run_snakemake_slurm(cluster, work, profile, target, "--allowed-rules", "pretrain_lesion",
+                                 "--set-threads", "pretrain_lesion=2", configfile=configfile, timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:]
+    log = (work / "logs" / "pretrain" / "lesion_cl.log").read_text()
+    assert f"resumed from {checkpoint.relative_to(work)}: {done} epochs" in log, log[:3000]
+    # one row per epoch, the interrupted run's rows kept, nothing trained twice
+    assert _epochs_in(work / "results" / "pretrain" / "lesion_cl" / "history.csv") == list(range(1, 401))
+    assert (work / target).stat().st_size > 0 and not checkpoint.exists()
+
+
+@needs_slurm
+def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
+    """Fine-tuning checkpoints after every epoch: a job stopped by its time limit loses at
+    most the epoch in progress, and the rerun continues after the last finished one."""
+    from lesioncl.pretrain.cache import build_crop_cache
+
+    work = tmp_path / "run"
+    _toy_inputs(work, n_train=192, n_val=32)
+    results = work / "results"
+    # the test split: the toy val crops again (only its size matters here)
+    build_crop_cache(results / "crop_manifest.csv", "val", 64, results / "cache" / "crops_test.npy",
+                     results / "cache" / "crops_test.csv")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["device"] = "cpu"
+    config["evaluation"].update(input_size=64, workers=0, feature_batch_size=64)
+    config["evaluation"]["finetune"].update(epochs=60, batch_size=16)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = "results/eval/finetune/random/frac1_seed0.json"
+    rules = ("--allowed-rules", "eval_fractions", "eval_finetune")
+
+    first = run_snakemake_slurm(cluster, work, profile, target, *rules, "--set-threads", "eval_finetune=1",
+                                "--set-resources", "eval_finetune:runtime=1", configfile=configfile,
+                                timeout=600)
+    assert first.returncode != 0, first.stdout[-4000:]
+    jobs = jobs_by_id(cluster)
+    states = {jobs[s]["comment"]: jobs[s]["state"] for s in _submissions(first.stdout)}
+    assert states == {"rule_eval_fractions": "COMPLETED", "rule_eval_finetune": "TIMEOUT"}, (
+        states, first.stdout[-3000:])
+    checkpoint = results / "eval" / "checkpoints" / "finetune" / "random" / "frac1_seed0.pt"
+    assert checkpoint.is_file(), first.stdout[-3000:]
+    import torch
+
+    done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    assert 0 < done < 60, done
+
+    second = run_snakemake_slurm(cluster, work, profile, target, *rules, "--set-threads", "eval_finetune=2",
+                                 configfile=configfile, timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:]
+    log = (work / "logs" / "eval_finetune" / "random" / "frac1_seed0.log").read_text()
+    assert f"resuming from {checkpoint.relative_to(work)} after epoch {done}" in log, log[:3000]
+    history = (results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv").read_text()
+    assert _epochs_in_text(history) == list(range(1, 61))
+    assert not checkpoint.exists()

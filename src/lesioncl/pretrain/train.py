@@ -74,7 +74,13 @@ from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_l
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std"]
+#: An epoch whose embeddings spread less than this fraction of 1/sqrt(proj_dim) (the std
+#: of uniformly spread unit vectors) counts as collapsed ...
+COLLAPSE_FRACTION = 0.05
+#: ... and this many collapsed epochs in a row stop the run (a collapsed network has
+#: zero contrastive gradient and does not come back).
+COLLAPSE_PATIENCE = 3
 MODES = ("lesion", "whole")
 # Settings that change how a run executes but not what it computes: not in the fingerprint.
 _OPERATIONAL = {
@@ -287,7 +293,7 @@ class Trainer:
         )
         self.fingerprint = self.compute_fingerprint()
         self.epoch, self.step = 0, 0  # next step to run
-        self.partial = {"loss_sum": 0.0, "steps": 0, "seconds": 0.0}  # of the current epoch
+        self.partial = {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}  # of the current epoch
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
         self.resumed = cfg.resume and self.load_checkpoint(cfg.checkpoint_path)
@@ -389,14 +395,15 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 epoch = self.epoch
-                train_loss, pairs_per_s, lr = self.train_epoch(epoch)
+                train_loss, spread, pairs_per_s, lr = self.train_epoch(epoch)
                 val_loss = self.validate(epoch) if self.is_val_epoch(epoch) else float("nan")
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                       "pairs_per_s": pairs_per_s}
+                       "pairs_per_s": pairs_per_s, "embedding_std": spread}
                 self.history.append(row)
                 self.epoch, self.step = epoch + 1, 0
-                self.partial = {"loss_sum": 0.0, "steps": 0, "seconds": 0.0}
+                self.partial = {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}
                 self.log_epoch(row)
+                self.check_collapse(row)
                 if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
                     self.save_checkpoint(cfg.checkpoint_path)
                 for callback in self.callbacks:
@@ -408,8 +415,9 @@ class Trainer:
                 self.writer.close()
         return self.history
 
-    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
-        """One epoch (from ``self.step`` when resuming mid-epoch): mean loss, pairs/s, lr."""
+    def train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
+        """One epoch (from ``self.step`` when resuming mid-epoch): mean loss, mean
+        embedding std (:func:`embedding_spread`), pairs/s, lr."""
         self.model.train()
         start = self.step
         self.train_sampler.set_epoch(epoch, skip=start * self.local_batch)
@@ -430,7 +438,7 @@ class Trainer:
             with self.autocast:
                 z = self.model(views.flatten(0, 1))  # (2n, D)
             loss = self.contrastive_loss(z)
-            loss_value, stop = self.reduce_step(loss.detach())
+            loss_value, spread, stop = self.reduce_step(loss.detach(), embedding_spread(z.detach()))
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"non-finite contrastive loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}: "
@@ -441,11 +449,13 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.partial["loss_sum"] += loss_value
+            self.partial["spread_sum"] = self.partial.get("spread_sum", 0.0) + spread
             self.partial["steps"] += 1
             self.step = step + 1
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", loss_value, global_step)
                 self.writer.add_scalar("train/lr", lr, global_step)
+                self.writer.add_scalar("train/embedding_std", spread, global_step)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if stop:
                 self._sync()
@@ -460,7 +470,7 @@ class Trainer:
         self.partial["seconds"] += time.perf_counter() - tic
         steps = max(1, self.partial["steps"])
         pairs_per_s = self.partial["steps"] * self.global_batch / max(self.partial["seconds"], 1e-9)
-        return self.partial["loss_sum"] / steps, pairs_per_s, lr
+        return self.partial["loss_sum"] / steps, self.partial.get("spread_sum", 0.0) / steps, pairs_per_s, lr
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float:
@@ -476,7 +486,7 @@ class Trainer:
             views = self.make_views(batch, 0, step, VAL_STREAM)
             with self.autocast:
                 z = self.model(views.flatten(0, 1))
-            value, _ = self.reduce_step(self.contrastive_loss(z))
+            value, _, _ = self.reduce_step(self.contrastive_loss(z))
             total += value
             count += 1
         self.model.train()
@@ -499,14 +509,39 @@ class Trainer:
         """NT-Xent of this rank's samples against the global batch. z: (2n, D), sample-major."""
         return self.criterion.global_loss(z.view(z.shape[0] // 2, 2, -1))
 
-    def reduce_step(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """Mean loss over ranks and whether any rank was asked to stop (one sync per step)."""
-        packed = torch.stack([loss.float().detach(), torch.tensor(float(self.stop_requested), device=loss.device)])
+    def reduce_step(self, loss: torch.Tensor, spread: torch.Tensor | None = None) -> tuple[float, float, bool]:
+        """Mean loss and embedding spread over ranks, and whether any rank was asked to stop
+        (one sync per step)."""
+        spread = torch.zeros((), device=loss.device) if spread is None else spread
+        stop = torch.tensor(float(self.stop_requested), device=loss.device)
+        packed = torch.stack([loss.float().detach(), spread.float().to(loss.device), stop])
         if self.dist.world > 1:
             dist.all_reduce(packed)
-            packed[0] /= self.dist.world
-        loss_value, stop = packed.tolist()
-        return loss_value, stop > 0
+            packed[:2] /= self.dist.world
+        loss_value, spread_value, stop_value = packed.tolist()
+        return loss_value, spread_value, stop_value > 0
+
+    def check_collapse(self, row: dict[str, float]) -> None:
+        """Stop when the embeddings have collapsed for :data:`COLLAPSE_PATIENCE` epochs.
+
+        Collapse (every view mapped to nearly the same point) shows as a loss stuck at
+        ln(2N - 1) and an embedding std near 0; it typically follows a too large first
+        step from a random initialisation, and training cannot leave it.
+        """
+        floor = COLLAPSE_FRACTION / math.sqrt(self.cfg.proj_dim)
+        recent = [r.get("embedding_std", math.nan) for r in self.history[-COLLAPSE_PATIENCE:]]
+        if row["embedding_std"] < floor:
+            log.warning(
+                "epoch %d: embedding std %.2g is below %.2g: the embeddings are collapsing",
+                row["epoch"], row["embedding_std"], floor,
+            )
+        if len(recent) == COLLAPSE_PATIENCE and all(v < floor for v in recent):
+            raise FloatingPointError(
+                f"contrastive training collapsed: the embedding std stayed below {floor:.2g} for "
+                f"{COLLAPSE_PATIENCE} epochs (epoch {row['epoch']}: {row['embedding_std']:.2g}; loss "
+                f"{row['train_loss']:.4f}, chance ln(2N-1) = {math.log(2 * self.global_batch - 1):.4f}). "
+                "Lower pretrain.lr or raise pretrain.warmup_epochs and rerun."
+            )
 
     def is_val_epoch(self, epoch: int) -> bool:
         return (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs
@@ -656,15 +691,23 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- files
+def embedding_spread(z: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the batch std of unit embeddings ``z`` (M, D): about
+    1/sqrt(D) when they spread over the sphere, 0 when they collapse to one point."""
+    return z.float().std(dim=0).mean()
+
+
 def write_history(path: str | os.PathLike, history: Iterable[dict[str, float]]) -> None:
-    """history.csv: epoch, train_loss, val_loss (empty when not validated), lr, pairs_per_s."""
+    """history.csv: epoch, train_loss, val_loss (empty when not validated), lr, pairs_per_s,
+    embedding_std (empty in rows written before it was recorded)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             for row in history:
-                writer.writerow({k: ("" if isinstance(row[k], float) and math.isnan(row[k]) else row[k])
-                                 for k in HISTORY_COLUMNS})
+                values = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
+                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                                 for k, v in values.items()})
 
 
 def plot_history(

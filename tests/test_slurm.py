@@ -288,7 +288,8 @@ def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
                                 timeout=600)
     assert first.returncode != 0, first.stdout[-4000:]
     jobs = jobs_by_id(cluster)
-    states = {jobs[s]["comment"]: jobs[s]["state"] for s in _submissions(first.stdout)}
+    # the job comment is rule_<name>[_wildcards_<values>]
+    states = {jobs[s]["comment"].split("_wildcards_")[0]: jobs[s]["state"] for s in _submissions(first.stdout)}
     assert states == {"rule_eval_fractions": "COMPLETED", "rule_eval_finetune": "TIMEOUT"}, (
         states, first.stdout[-3000:])
     checkpoint = results / "eval" / "checkpoints" / "finetune" / "random" / "frac1_seed0.pt"

@@ -164,7 +164,7 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     work = tmp_path / "run"
     work.mkdir()
     config = yaml.safe_load(small_config.read_text())
-    config["synthetic"]["idrid"].update(n_train=200, n_test=50, height=640)  # long enough to catch
+    config["synthetic"]["idrid"].update(n_train=4000, n_test=1000, height=640)  # minutes: caught running on any machine
     slow = tmp_path / "config.yaml"
     slow.write_text(yaml.safe_dump(config))
     before = set(jobs_by_id(cluster))

@@ -206,13 +206,9 @@ def _toy_inputs(work: Path, n_train: int, n_val: int) -> None:
     paths["index"].rename(results / "lesions" / "lesion_index.pkl")
 
 
-def _epochs_in_text(csv_text: str) -> list[int]:
-    """The first column (epoch) of a history CSV."""
-    return [int(line.split(",")[0]) for line in csv_text.splitlines()[1:]]
-
-
 def _epochs_in(history: Path) -> list[int]:
-    return _epochs_in_text(history.read_text())
+    """The first column (epoch) of a history CSV."""
+    return [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
 
 
 @needs_slurm
@@ -304,6 +300,5 @@ def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
     assert second.returncode == 0, second.stdout[-4000:]
     log = (work / "logs" / "eval_finetune" / "random" / "frac1_seed0.log").read_text()
     assert f"resuming from {checkpoint.relative_to(work)} after epoch {done}" in log, log[:3000]
-    history = (results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv").read_text()
-    assert _epochs_in_text(history) == list(range(1, 61))
+    assert _epochs_in(results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv") == list(range(1, 61))
     assert not checkpoint.exists()

@@ -63,11 +63,6 @@ _PT_WEIGHTS = (
 _SIMCLR_BATCH = dict(
     zip((int(s) for s in _PT["simclr_sizes"]), _PT["simclr_batch_sizes"])
 )
-_CACHE = {
-    f"{split}_{ext}": f"{RESULTS}/cache/crops_{split}.{ext}"
-    for split in ("train", "val")
-    for ext in ("npy", "csv")
-}
 
 
 rule crop_cache:
@@ -99,7 +94,8 @@ rule crop_cache:
 
 rule pretrain_lesion:
     input:
-        **_CACHE,
+        **_cache("train"),
+        **_cache("val"),
         index=f"{RESULTS}/lesions/lesion_index.pkl",
         weights=_PT_WEIGHTS,
     output:
@@ -142,7 +138,8 @@ rule pretrain_lesion:
 
 rule pretrain_simclr:
     input:
-        **_CACHE,
+        **_cache("train"),
+        **_cache("val"),
         weights=_PT_WEIGHTS,
     output:
         backbone=f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",

@@ -293,7 +293,7 @@ class Trainer:
         )
         self.fingerprint = self.compute_fingerprint()
         self.epoch, self.step = 0, 0  # next step to run
-        self.partial = {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}  # of the current epoch
+        self.partial = new_partial()  # of the current epoch
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
         self.resumed = cfg.resume and self.load_checkpoint(cfg.checkpoint_path)
@@ -401,7 +401,7 @@ class Trainer:
                        "pairs_per_s": pairs_per_s, "embedding_std": spread}
                 self.history.append(row)
                 self.epoch, self.step = epoch + 1, 0
-                self.partial = {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}
+                self.partial = new_partial()
                 self.log_epoch(row)
                 self.check_collapse(row)
                 if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
@@ -449,7 +449,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.partial["loss_sum"] += loss_value
-            self.partial["spread_sum"] = self.partial.get("spread_sum", 0.0) + spread
+            self.partial["spread_sum"] += spread
             self.partial["steps"] += 1
             self.step = step + 1
             if self.writer is not None:
@@ -470,7 +470,7 @@ class Trainer:
         self.partial["seconds"] += time.perf_counter() - tic
         steps = max(1, self.partial["steps"])
         pairs_per_s = self.partial["steps"] * self.global_batch / max(self.partial["seconds"], 1e-9)
-        return self.partial["loss_sum"] / steps, self.partial.get("spread_sum", 0.0) / steps, pairs_per_s, lr
+        return self.partial["loss_sum"] / steps, self.partial["spread_sum"] / steps, pairs_per_s, lr
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float:
@@ -636,7 +636,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.partial = dict(state["partial"])
+        self.partial = {**new_partial(), **state["partial"]}  # older checkpoints lack spread_sum
         self.history = [dict(r) for r in state["history"]]
         rng = state["rng"]
         if len(rng) == self.dist.world:
@@ -688,6 +688,11 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def new_partial() -> dict[str, float]:
+    """Running sums of the epoch in progress (saved in checkpoints for mid-epoch resume)."""
+    return {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}
 
 
 # --------------------------------------------------------------------------- files

@@ -170,24 +170,35 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     before = set(jobs_by_id(cluster))
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work),
            "--configfile", str(slow), "--profile", str(profile), "results/synthetic/idrid"]
-    with open(work / "snakemake.out", "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env(),
+    # unbuffered, so the output is complete; faulthandler, so a hang can be shown (SIGABRT)
+    env = cluster.env() | {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    out_path = work / "snakemake.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=work, start_new_session=True)
         try:
             def running() -> list[str]:
                 return [j for j, info in jobs_by_id(cluster).items()
                         if j not in before and info["state"] == "RUNNING"]
 
-            assert wait_until(lambda: bool(running()), timeout=120, interval=0.5), (
-                (work / "snakemake.out").read_text()[-3000:], squeue(cluster))
+            assert wait_until(lambda: bool(running()) and "has been submitted" in out_path.read_text(),
+                              timeout=120, interval=0.5), (out_path.read_text()[-3000:], squeue(cluster))
             job = running()[0]
+            time.sleep(3)  # as a user would: after the submission, not during it
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+                proc.wait(timeout=30)
+                raise AssertionError("snakemake ignored SIGINT for 120 s; its threads:\n"
+                                     + out_path.read_text()[-8000:]) from None
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    text = (work / "snakemake.out").read_text()
+    text = out_path.read_text()
+    assert "Terminating processes on user request" in text, text[-3000:]
     assert wait_until(lambda: jobs_by_id(cluster)[job]["state"] == "CANCELLED", timeout=60), (
         text[-3000:], squeue(cluster))
     assert proc.returncode != 0

@@ -90,6 +90,14 @@ def write_test_profile(folder: Path, partitions: Path = PARTITIONS_EXAMPLE) -> P
     return folder
 
 
+def default_sigint() -> None:
+    """Popen preexec_fn: SIGINT back to its default in the child, so that snakemake (Python)
+    installs its KeyboardInterrupt handler. A shell that starts a command in the background
+    without job control (``cmd &`` in a script, nohup) sets SIGINT to "ignore", exec keeps
+    that, and Python then leaves it ignored: Ctrl-C (SIGINT) would never reach snakemake."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args: str,
                         configfile: Path, timeout: float = 1200,
                         snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
@@ -106,7 +114,7 @@ def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args
     workdir.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=workdir, start_new_session=True)
+                                cwd=workdir, start_new_session=True, preexec_fn=default_sigint)
         try:
             proc.wait(timeout=timeout)
             timed_out = False

@@ -26,6 +26,7 @@ import yaml
 from slurm_cluster import (
     REPO,
     SNAKEMAKE,
+    default_sigint,
     jobs_by_id,
     run_snakemake_slurm,
     squeue,
@@ -175,7 +176,7 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     out_path = work / "snakemake.out"
     with open(out_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=work, start_new_session=True)
+                                cwd=work, start_new_session=True, preexec_fn=default_sigint)
         try:
             def running() -> list[str]:
                 return [j for j, info in jobs_by_id(cluster).items()
@@ -184,7 +185,6 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
             assert wait_until(lambda: bool(running()) and "has been submitted" in out_path.read_text(),
                               timeout=120, interval=0.5), (out_path.read_text()[-3000:], squeue(cluster))
             job = running()[0]
-            time.sleep(3)  # as a user would: after the submission, not during it
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=120)

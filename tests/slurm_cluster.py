@@ -98,6 +98,18 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args: str,
+                          configfile: Path, out, snakefile: Path = REPO / "Snakefile") -> subprocess.Popen:
+    """Start the workflow with the SLURM profile against ``cluster``, output to ``out``:
+    unbuffered, with faulthandler (SIGABRT prints every thread's stack) and SIGINT at
+    its default, in a session of its own."""
+    cmd = [SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir),
+           "--configfile", str(configfile), "--profile", str(profile), *args]
+    env = cluster.env() | {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=workdir, start_new_session=True, preexec_fn=default_sigint)
+
+
 def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args: str,
                         configfile: Path, timeout: float = 1200,
                         snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
@@ -106,15 +118,11 @@ def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args
     On timeout snakemake gets SIGINT (it cancels its SLURM jobs) and then, if
     it is still there after a minute, SIGKILL; the call then fails.
     """
-    cmd = [SNAKEMAKE, "-s", str(snakefile), "--directory", str(workdir),
-           "--configfile", str(configfile), "--profile", str(profile), *args]
-    env = cluster.env()
-    env["PYTHONUNBUFFERED"] = "1"
     out_path = workdir / "snakemake.out"
     workdir.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=workdir, start_new_session=True, preexec_fn=default_sigint)
+        proc = start_snakemake_slurm(cluster, workdir, profile, *args, configfile=configfile,
+                                     out=out, snakefile=snakefile)
         try:
             proc.wait(timeout=timeout)
             timed_out = False
@@ -128,9 +136,9 @@ def run_snakemake_slurm(cluster: LocalSlurm, workdir: Path, profile: Path, *args
                 proc.wait()
     text = out_path.read_text(errors="replace")
     if timed_out:
-        raise AssertionError(f"snakemake on SLURM did not finish in {timeout:.0f}s: {' '.join(cmd)}\n"
+        raise AssertionError(f"snakemake on SLURM did not finish in {timeout:.0f}s: {' '.join(proc.args)}\n"
                              f"{text[-8000:]}\n--- squeue ---\n{squeue(cluster)}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, text, "")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, text, "")
 
 
 def squeue(cluster: LocalSlurm) -> str:

@@ -25,12 +25,11 @@ import yaml
 
 from slurm_cluster import (
     REPO,
-    SNAKEMAKE,
-    default_sigint,
     jobs_by_id,
     run_snakemake_slurm,
     squeue,
     start_cluster,
+    start_snakemake_slurm,
     stop_cluster,
     wait_until,
     why_no_slurm,
@@ -169,14 +168,10 @@ def test_ctrl_c_cancels_running_jobs(cluster, profile, small_config, tmp_path):
     slow = tmp_path / "config.yaml"
     slow.write_text(yaml.safe_dump(config))
     before = set(jobs_by_id(cluster))
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(slow), "--profile", str(profile), "results/synthetic/idrid"]
-    # unbuffered, so the output is complete; faulthandler, so a hang can be shown (SIGABRT)
-    env = cluster.env() | {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     out_path = work / "snakemake.out"
     with open(out_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=work, start_new_session=True, preexec_fn=default_sigint)
+        proc = start_snakemake_slurm(cluster, work, profile, "results/synthetic/idrid",
+                                     configfile=slow, out=out)
         try:
             def running() -> list[str]:
                 return [j for j, info in jobs_by_id(cluster).items()

@@ -3,6 +3,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,11 +21,39 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in [_SRC, os.environ.get("PYTHONPATH", "")] if p)
 )
 
-RESULTS = "results"
-LOGS = "logs"
+RESULTS = config["results_dir"]
+LOGS = config["logs_dir"]
 BENCH = f"{RESULTS}/benchmarks"
 ENV_DATA = "../../envs/data.yaml"
 ENV_TORCH = "../../envs/torch.yaml"
+
+# Provenance (lesioncl.provenance): results made from other data sources (another
+# config's) stop the run here, before any job; the first run that executes jobs
+# stamps RESULTS/provenance.json.
+if _SRC not in sys.path:
+    sys.path.append(_SRC)
+from lesioncl.provenance import (
+    ProvenanceError,
+    check_provenance,
+    make_stamp,
+    write_provenance,
+)
+
+PROVENANCE = make_stamp(
+    config,
+    configfiles=workflow.overwrite_configfiles or workflow.configfiles,
+    overrides=(workflow.config_settings.config or {}).keys(),  # --config KEY=VALUE
+)
+_ALLOW_CHANGE = config["allow_provenance_change"] in (True, "true")
+try:
+    check_provenance(RESULTS, PROVENANCE, _ALLOW_CHANGE)
+except ProvenanceError as err:
+    raise WorkflowError(str(err)) from None
+
+
+onstart:
+    write_provenance(RESULTS, PROVENANCE, _ALLOW_CHANGE)
+
 
 CROP_SHARDS = list(range(config["crop"]["n_shards"]))
 INDEX_SHARDS = list(range(config["lesion_index"]["n_shards"]))

@@ -12,7 +12,7 @@ rule detector_train:
         test=f"{RESULTS}/idrid/coco_test.json",
         images=f"{RESULTS}/idrid/images",
     output:
-        model=f"{RESULTS}/detector/model.pth",
+        model=protected(f"{RESULTS}/detector/model.pth"),  # hours on a GPU: README
         config=f"{RESULTS}/detector/mmdet_config.py",
         metrics=report(
             f"{RESULTS}/detector/metrics.json",

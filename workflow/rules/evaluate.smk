@@ -103,7 +103,9 @@ rule eval_finetune:
         fractions=f"{RESULTS}/eval/fractions/seed{{seed}}.csv",
         weights=eval_weights,
     output:
-        result=f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+        result=protected(
+            f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json"
+        ),
         history=f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}_history.csv",
     wildcard_constraints:
         method=r"[A-Za-z0-9_]+",

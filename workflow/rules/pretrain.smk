@@ -99,8 +99,8 @@ rule pretrain_lesion:
         index=f"{RESULTS}/lesions/lesion_index.pkl",
         weights=_PT_WEIGHTS,
     output:
-        backbone=f"{RESULTS}/pretrain/lesion_cl/backbone.pth",
-        final=f"{RESULTS}/pretrain/lesion_cl/final.pt",
+        backbone=protected(f"{RESULTS}/pretrain/lesion_cl/backbone.pth"),
+        final=protected(f"{RESULTS}/pretrain/lesion_cl/final.pt"),
         history=report(
             f"{RESULTS}/pretrain/lesion_cl/history.csv",
             caption="../report/pretrain_history.rst",
@@ -142,8 +142,8 @@ rule pretrain_simclr:
         **_cache("val"),
         weights=_PT_WEIGHTS,
     output:
-        backbone=f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",
-        final=f"{RESULTS}/pretrain/simclr_{{size}}/final.pt",
+        backbone=protected(f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth"),
+        final=protected(f"{RESULTS}/pretrain/simclr_{{size}}/final.pt"),
         history=report(
             f"{RESULTS}/pretrain/simclr_{{size}}/history.csv",
             caption="../report/pretrain_history.rst",

@@ -1,0 +1,161 @@
+"""Which data a results folder was made from, checked before any job runs.
+
+A results folder holds days of GPU work. Snakemake reruns whatever it thinks is
+out of date, so a command that loads another config (the demo's, because
+``--configfile`` was left out) would replan the chain from that config's data over
+the real outputs. To prevent that, the first run that executes jobs writes
+``<results>/provenance.json``: the data sources (``eyepacs.source`` and the raw
+folder or competition, ``idrid.source`` and its path), the config file(s) and
+``--config`` keys used, and a hash of the data-defining values. Every later parse
+of the workflow compares the current config's data sources with the stamp and
+stops before any job when they differ, with a message naming both configs and the
+ways out (another ``results_dir``, the right ``--configfile``, or
+``allow_provenance_change=true`` after moving the old results away).
+
+Only the data sources are compared: hyper-parameters (crop margins, schedules,
+synthetic demo sizes) may change freely; Snakemake reruns exactly what they affect.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .utils import write_json
+
+PROVENANCE_NAME = "provenance.json"
+
+
+class ProvenanceError(RuntimeError):
+    """The results folder was made from other data than the current config names."""
+
+
+def _resolved(path: str | None) -> str | None:
+    return None if not path else os.path.realpath(os.path.expanduser(str(path)))
+
+
+def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The data-defining part of a config: where EyePACS and IDRiD come from."""
+    eyepacs = config.get("eyepacs", {})
+    idrid = config.get("idrid", {})
+    ep_source = eyepacs.get("source", "synthetic")
+    ep: dict[str, Any] = {"source": ep_source}
+    if ep_source == "folder":
+        ep["raw_dir"] = _resolved(eyepacs.get("raw_dir"))
+    elif ep_source == "kaggle":
+        ep["competition"] = eyepacs.get("competition")
+    id_source = idrid.get("source", "synthetic")
+    idr: dict[str, Any] = {"source": id_source}
+    if id_source == "path":
+        idr["path"] = _resolved(idrid.get("path"))
+    return {"eyepacs": ep, "idrid": idr}
+
+
+def sources_hash(sources: Mapping[str, Any]) -> str:
+    """A short stable hash of :func:`data_sources`."""
+    text = json.dumps(sources, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_stamp(config: Mapping[str, Any], configfiles: Iterable[str | os.PathLike] = (),
+               overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The provenance record of a run with ``config``."""
+    sources = data_sources(config)
+    return {
+        "data": sources,
+        "hash": sources_hash(sources),
+        "configfiles": [os.path.abspath(str(p)) for p in configfiles],
+        "config_overrides": sorted(str(k) for k in overrides),
+    }
+
+
+def read_stamp(results_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The stamp of ``results_dir``; None when there is none."""
+    path = Path(results_dir) / PROVENANCE_NAME
+    if not path.is_file():
+        return None
+    try:
+        stamp = json.loads(path.read_text())
+        stamp["hash"], stamp["data"]  # noqa: B018 - both keys must be there
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProvenanceError(
+            f"{path} is not a provenance stamp written by this workflow ({exc}); if you "
+            f"edited it, restore it; if it is unrelated, move it away (the results folder "
+            f"{results_dir} then counts as unstamped and the next run stamps it)"
+        ) from exc
+    return stamp
+
+
+def _describe(stamp: Mapping[str, Any]) -> str:
+    data = stamp.get("data", {})
+    ep = data.get("eyepacs", {})
+    idr = data.get("idrid", {})
+    ep_text = f"eyepacs.source: {ep.get('source')}"
+    if ep.get("raw_dir"):
+        ep_text += f" (raw_dir {ep['raw_dir']})"
+    if ep.get("competition"):
+        ep_text += f" (competition {ep['competition']})"
+    id_text = f"idrid.source: {idr.get('source')}"
+    if idr.get("path"):
+        id_text += f" (path {idr['path']})"
+    files = ", ".join(stamp.get("configfiles") or []) or "no config file"
+    overrides = stamp.get("config_overrides") or []
+    extra = f" with --config {', '.join(overrides)}" if overrides else ""
+    return f"{files}{extra}: {ep_text}; {id_text}"
+
+
+def check_provenance(results_dir: str | os.PathLike, stamp: Mapping[str, Any],
+                     allow_change: bool = False) -> str:
+    """Compare ``stamp`` with the stamp of ``results_dir`` before any job runs.
+
+    Returns 'new' (no stamp yet), 'same' or 'changed' (different data, allowed);
+    raises :class:`ProvenanceError` for different data without ``allow_change``.
+    """
+    old = read_stamp(results_dir)
+    if old is None:
+        return "new"
+    if old["hash"] == stamp["hash"]:
+        return "same"
+    if allow_change:
+        return "changed"
+    path = Path(results_dir) / PROVENANCE_NAME
+    raise ProvenanceError(
+        f"{results_dir}/ holds results made from other data; nothing was run.\n"
+        f"  {path} was written by: {_describe(old)}\n"
+        f"  this run uses:          {_describe(stamp)}\n"
+        "Snakemake would replace those results with ones made from this run's data. Either\n"
+        "  - you meant the earlier run: repeat its --configfile (every command on that\n"
+        "    folder needs it, --report too); or\n"
+        "  - keep both: give this run its own folders, --config results_dir=<folder>\n"
+        "    logs_dir=<folder> (or set them in its config file); or\n"
+        f"  - replace the old results on purpose: move them away (mv {results_dir} "
+        f"{results_dir}.old),\n"
+        "    or keep the folder and rerun with --config allow_provenance_change=true\n"
+        "    (the stamp is rewritten; the previous one is kept in its history)."
+    )
+
+
+def write_provenance(results_dir: str | os.PathLike, stamp: Mapping[str, Any],
+                     allow_change: bool = False) -> Path:
+    """Write the stamp when the folder has none (or a different one, when allowed).
+
+    The previous stamp of an allowed change is kept in ``history``. An existing stamp
+    of the same data is left as it is (its ``created`` time stays the first run's).
+    """
+    path = Path(results_dir) / PROVENANCE_NAME
+    status = check_provenance(results_dir, stamp, allow_change)
+    if status == "same":
+        return path
+    record = dict(stamp)
+    record["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    history = []
+    if status == "changed":
+        old = read_stamp(results_dir) or {}
+        history = list(old.pop("history", []) or []) + [old]
+    record["history"] = history
+    write_json(path, record)
+    return path

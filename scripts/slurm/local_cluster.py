@@ -17,7 +17,7 @@ rejected by ``sbatch`` instead of pending forever. No slurmdbd
 
 Command line (the daemons keep running between the two calls):
 
-    python scripts/slurm/local_cluster.py start .slurm   # prints export SLURM_CONF=...
+    python scripts/slurm/local_cluster.py start .slurm   # prints export SLURM_CONF=... LESIONCL_CPU_FALLBACK=1
     python scripts/slurm/local_cluster.py stop .slurm    # stops exactly its daemons
 
 Python use (tests)::
@@ -214,6 +214,9 @@ class LocalSlurm:
             if extra not in path.split(os.pathsep):
                 path = os.pathsep.join([path, extra]) if path else extra
         env["PATH"] = path
+        # The node's GPUs are fake: a device: auto job given one runs on the CPU
+        # instead of stopping (lesioncl.utils.resolve_device).
+        env.setdefault("LESIONCL_CPU_FALLBACK", "1")
         # settings of an enclosing SLURM job would leak into ours
         for key in list(env):
             if key.startswith(("SLURM_JOB", "SLURM_STEP", "SBATCH_", "SRUN_")):
@@ -389,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         # the daemons outlive this process; 'stop' finds them in daemons.json
         cluster._procs.clear()
-        print(f"export SLURM_CONF={cluster.conf}")
+        # fake GPUs: device: auto jobs given one run on the CPU (LESIONCL_CPU_FALLBACK)
+        print(f"export SLURM_CONF={cluster.conf} LESIONCL_CPU_FALLBACK=1")
     else:
         cluster.stop()
         print(f"stopped the SLURM daemons of {cluster.root}")

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -101,20 +101,116 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def resolve_device(name: str = "auto") -> str:
-    """Map the config's ``device`` (auto | cpu | cuda) to a torch device string."""
+# Variables through which a scheduler hands a job its GPUs (SLURM sets the first
+# ones for --gpus/--gres jobs; CUDA_VISIBLE_DEVICES also by other schedulers).
+_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS",
+                  "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK", "CUDA_VISIBLE_DEVICES")
+# Set to 1 to accept the CPU inside a job that was given GPUs (device: auto), e.g.
+# the fake GPUs of scripts/slurm/local_cluster.py.
+CPU_FALLBACK_VARIABLE = "LESIONCL_CPU_FALLBACK"
+
+
+def assigned_gpus(environ: Mapping[str, str] | None = None) -> str | None:
+    """``NAME=value`` of the first variable saying this job was given GPUs, else None.
+
+    GPU lists ("0", "0,1", "GPU-uuid") count as given; an empty or -1 list (GPUs hidden)
+    and a count of 0 do not.
+    """
+    env = os.environ if environ is None else environ
+    for name in _GPU_VARIABLES:
+        value = (env.get(name) or "").strip()
+        if not value or value in ("-1", "none", "NoDevFiles"):
+            continue
+        is_count = name not in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
+        if is_count and value.rsplit(":", 1)[-1] == "0":
+            continue
+        return f"{name}={value}"
+    return None
+
+
+def nvidia_driver_version(run: Callable[..., Any] | None = None,
+                          proc_file: str | os.PathLike = "/proc/driver/nvidia/version") -> str | None:
+    """The NVIDIA driver version (nvidia-smi, else /proc/driver/nvidia/version); None if absent."""
+    import re
+    import subprocess
+
+    run = subprocess.run if run is None else run
+    try:
+        out = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                  capture_output=True, text=True, timeout=30)
+        lines = [line.strip() for line in (out.stdout or "").splitlines() if line.strip()]
+        if out.returncode == 0 and lines:
+            return f"{lines[0]} (nvidia-smi)"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        text = Path(proc_file).read_text()
+    except OSError:
+        return None
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"(\d{3,}\.\d+(?:\.\d+)?)", text)
+    return f"{m.group(1)} ({proc_file})" if m else None
+
+
+def no_gpu_message(why: str, torch_cuda: str | None, torch_version: str, driver: str | None,
+                   cuda_warnings: list[str] = ()) -> str:
+    """The message of a job that asked for a GPU and sees none: what, versions, the fix."""
+    if torch_cuda is None:
+        build = f"torch {torch_version} is a CPU-only build (torch.version.cuda is None)"
+        fix = ("install the CUDA build of torch (make setup / the conda env on a GPU node), "
+               "or run on the CPU with device: cpu")
+    else:
+        build = f"torch {torch_version} is built for CUDA {torch_cuda}"
+        major = torch_cuda.split(".")[0]
+        need = "580 or newer" if major == "13" else f"one that supports CUDA {torch_cuda}"
+        if driver is None:
+            fix = ("no NVIDIA driver was found on this node (no nvidia-smi, no "
+                   "/proc/driver/nvidia/version): check that the job landed on a GPU node and "
+                   "that the partition's nodes have the driver; or run on the CPU with device: cpu")
+        else:
+            fix = (f"a CUDA {torch_cuda} build needs an NVIDIA driver {need}: ask the cluster's "
+                   "admins for a newer driver or use nodes that have one, or install a torch "
+                   "built for the CUDA the driver supports (nvidia-smi shows it); or run on the "
+                   "CPU with device: cpu")
+    said = f" torch said: {' | '.join(cuda_warnings)}." if cuda_warnings else ""
+    return (f"{why}, but torch sees no CUDA GPU. NVIDIA driver: "
+            f"{driver or 'not found'}; {build}.{said} Fix: {fix}. Stopped before any work so "
+            "that a GPU job does not run for days on the CPU.")
+
+
+def resolve_device(name: str = "auto", environ: Mapping[str, str] | None = None) -> str:
+    """Map the config's ``device`` (auto | cpu | cuda) to a torch device string.
+
+    ``cuda``, or ``auto`` inside a job that was given GPUs (:func:`assigned_gpus`),
+    stops at once when torch sees no GPU, with the driver and CUDA versions and the
+    fix (:func:`no_gpu_message`). ``auto`` elsewhere falls back to the CPU; so does
+    ``auto`` in a GPU job with ``LESIONCL_CPU_FALLBACK=1``.
+    """
     try:
         import torch
     except ImportError as err:  # a data-only environment
         raise RuntimeError("resolve_device needs torch: run this rule in envs/torch.yaml") from err
+    import warnings
 
+    env = os.environ if environ is None else environ
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"config: device is {name!r}; use auto, cpu or cuda")
+    if name == "cpu":
+        return "cpu"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available:
+        return "cuda"
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "config: device is 'cuda' but torch sees no CUDA GPU; set device: auto or cpu"
-        )
-    return name
+        given = assigned_gpus(env)
+        if given is None or env.get(CPU_FALLBACK_VARIABLE) == "1":
+            return "cpu"
+        why = (f"device is 'auto' and this job was given GPUs ({given}; set "
+               f"{CPU_FALLBACK_VARIABLE}=1 to accept the CPU)")
+    else:
+        why = "config: device is 'cuda'"
+    raise RuntimeError(no_gpu_message(why, torch.version.cuda, torch.__version__, nvidia_driver_version(),
+                                      [str(w.message) for w in caught]))
 
 
 @contextmanager

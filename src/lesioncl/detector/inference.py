@@ -75,7 +75,7 @@ class LesionDetector:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
 
-        from lesioncl.detector.compat import apply_patches
+        from lesioncl.detector.compat import apply_patches, check_mmcv_cuda_ops
 
         apply_patches()
         register_all_modules(init_default_scope=True)
@@ -84,6 +84,7 @@ class LesionDetector:
             raise FileNotFoundError(f"detector config not found: {config_path}; run the detector_train rule")
         self.cfg = Config.fromfile(str(config_path))
         self.device = resolve_device(device)
+        check_mmcv_cuda_ops(self.device)
         model_cfg = self.cfg.model.copy()
         model_cfg.backbone.init_cfg = None  # all weights come from the state_dict
         model = MODELS.build(model_cfg)

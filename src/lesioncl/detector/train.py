@@ -103,7 +103,7 @@ def train_detector(
     from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
 
-    from lesioncl.detector.compat import apply_patches, use_device
+    from lesioncl.detector.compat import apply_patches, check_mmcv_cuda_ops, use_device
 
     classes = read_coco_classes(train_ann)
     read_coco_classes(test_ann)
@@ -113,6 +113,7 @@ def train_detector(
     torch.set_num_threads(max(1, threads - int(hp["workers"])))  # the rest: loader workers
     apply_patches()
     use_device(device)
+    check_mmcv_cuda_ops(device)  # before any training, not at the first RoIAlign
     register_all_modules(init_default_scope=True)
     seed_everything(seed)
 

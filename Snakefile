@@ -14,6 +14,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# The front page of `snakemake --report`: this run's config, data, software, date and the
+# paper's headline numbers beside ours (rule report_front_page), or the static description.
+report: REPORT_DESCRIPTION
+
+
 rule all:
     input:
         f"{RESULTS}/eyepacs/labels.csv",

@@ -27,6 +27,16 @@ install() {
     "$PY" -m pip install --quiet --no-deps "$1" "${OPENMMLAB_PINS[@]}"
     echo "installed $1 ${OPENMMLAB_PINS[*]}" >&2
 }
+# The workflow's own package (lesioncl), editable from the workflow's checkout:
+# LESIONCL_ROOT is set by workflow/rules/common.smk (--use-conda) and by
+# scripts/setup_env.sh. envs/data.post-deploy.sh does the same for envs/data.yaml.
+if [ -z "${LESIONCL_ROOT:-}" ] || [ ! -f "$LESIONCL_ROOT/pyproject.toml" ]; then
+    echo "ERROR: LESIONCL_ROOT='${LESIONCL_ROOT:-}' is not the lesioncl checkout (no pyproject.toml);" \
+        "create this environment through the workflow (snakemake --use-conda --conda-create-envs-only)" >&2
+    exit 1
+fi
+"$PY" -m pip install --quiet --no-deps --no-build-isolation --editable "$LESIONCL_ROOT"
+echo "installed lesioncl (editable) from $LESIONCL_ROOT" >&2
 cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/lesioncl/wheels
 torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
 py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')

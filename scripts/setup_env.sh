@@ -24,9 +24,9 @@ pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 
 pip install --quiet --upgrade "pip==25.3" "setuptools==80.9.0" "wheel==0.45.1"
 pip install --quiet -r requirements/base.txt -c requirements/constraints.txt
-# mmcv (cached build with ops), mmengine, mmdet: the same script --use-conda runs.
-FORCE_CUDA=${FORCE_CUDA:-0} PYTHON="$py" bash envs/torch.post-deploy.sh
-pip install --quiet --no-deps --no-build-isolation -e .
+# lesioncl (editable, from this checkout), mmcv (cached build with ops), mmengine, mmdet:
+# the same script --use-conda runs.
+FORCE_CUDA=${FORCE_CUDA:-0} PYTHON="$py" LESIONCL_ROOT="$here" bash envs/torch.post-deploy.sh
 
 if ! "$py" -c "import mmcv.ops, mmdet, mmengine; from mmcv.ops import nms, RoIAlign" ; then
     echo "ERROR: 'import mmcv.ops' failed: mmcv was installed without its compiled ops." >&2

@@ -1,4 +1,4 @@
-# Shared set-up: config validation, the package on PYTHONPATH, path helpers.
+# Shared set-up: config validation, where the lesioncl package comes from, path helpers.
 import os
 import sys
 from pathlib import Path
@@ -14,12 +14,23 @@ configfile: "config/config.yaml"
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-# The scripts import the project's package from src/ (also inside conda envs
-# and on cluster nodes, which re-read this file).
-_SRC = str(Path(workflow.basedir) / "src")
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(p for p in [_SRC, os.environ.get("PYTHONPATH", "")] if p)
-)
+# The lesioncl package. Every environment a rule runs in has it installed from this
+# workflow's own checkout (found from this file, not from the working directory):
+# the conda envs install it in their post-deploy scripts (envs/*.post-deploy.sh,
+# which read LESIONCL_ROOT), the project's .venv in scripts/setup_env.sh. Snakemake's
+# own process imports it from src/ for the input functions below.
+_BASEDIR = workflow.current_basedir  # workflow/rules of this checkout
+if not (isinstance(_BASEDIR, str) or getattr(_BASEDIR, "is_local", False)):
+    raise WorkflowError(
+        f"lesioncl is used from {_BASEDIR}, not from a local folder: clone the "
+        "repository (git clone --branch <tag> ...) and point the module's snakefile: "
+        "at the clone's Snakefile (its conda envs install the package from there)"
+    )
+LESIONCL_ROOT = str(Path(os.fspath(_BASEDIR)).resolve().parents[1])
+_SRC = str(Path(LESIONCL_ROOT) / "src")
+os.environ.update(LESIONCL_ROOT=LESIONCL_ROOT)  # read by the post-deploy scripts
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
 
 RESULTS = config["results_dir"]
 LOGS = config["logs_dir"]
@@ -245,6 +256,7 @@ PRETRAINED_METHODS = [
 LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
 
 REPORT_TARGETS = [
+    f"{RESULTS}/report/front_page.rst",
     f"{RESULTS}/tables/kappa.csv",
     f"{RESULTS}/tables/kappa.md",
     *expand(f"{RESULTS}/plots/kappa_{{evaluation}}.png", evaluation=EVALUATIONS),
@@ -252,10 +264,22 @@ REPORT_TARGETS = [
     f"{RESULTS}/plots/pretrain_loss.png",
     *([f"{RESULTS}/plots/finetune_curves.png"] if "finetune" in EVALUATIONS else []),
 ]
+# The report's front page (the Snakefile's report: directive): written by rule
+# report_front_page once the results are complete; before that, the static description.
+REPORT_STATIC_DESCRIPTION = str(Path(LESIONCL_ROOT) / "workflow/report/workflow.rst")
+REPORT_CONFIGFILES = [
+    os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+    for f in (workflow.overwrite_configfiles or workflow.configfiles)
+]
+_FRONT_PAGE = Path(f"{RESULTS}/report/front_page.rst")
+REPORT_DESCRIPTION = (
+    str(_FRONT_PAGE.resolve()) if _FRONT_PAGE.is_file() else REPORT_STATIC_DESCRIPTION
+)
 # QC pictures and metrics of the earlier stages (report() outputs of their own rules).
 QC_TARGETS = [
     f"{RESULTS}/eyepacs/qc_crops.png",
     f"{RESULTS}/idrid/qc_boxes.png",
     f"{RESULTS}/lesions/qc_boxes.png",
     f"{RESULTS}/detector/metrics.json",
+    f"{RESULTS}/detector/qc_test.png",
 ]

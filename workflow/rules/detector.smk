@@ -26,7 +26,8 @@ rule detector_train:
         ),
         work=directory(f"{RESULTS}/detector/work"),
     params:
-        detector=dict(sorted(_DET.items())),  # key order of the config file does not matter
+        # key order of the config file does not matter; qc_images only concerns detector_qc
+        detector={k: v for k, v in sorted(_DET.items()) if k != "qc_images"},
         seed=config["seed"],
         device=torch_device(),
     log:
@@ -42,3 +43,33 @@ rule detector_train:
         ENV_TORCH
     script:
         "../scripts/detector_train.py"
+
+
+# QC picture: the published detector's boxes beside the ground truth on IDRiD testing
+# images, at the lesion index's score threshold. A few images: it runs on the CPU.
+rule detector_qc:
+    input:
+        model=rules.detector_train.output.model,
+        config=rules.detector_train.output.config,
+        test=f"{RESULTS}/idrid/coco_test.json",
+        images=f"{RESULTS}/idrid/images",
+    output:
+        report(
+            f"{RESULTS}/detector/qc_test.png",
+            caption="../report/detector_qc.rst",
+            category="Lesion detector",
+        ),
+    params:
+        n_images=_DET["qc_images"],
+        score_threshold=config["lesion_index"]["score_threshold"],
+        device="cpu",
+    log:
+        f"{LOGS}/detector_qc/detector_qc.log",
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/detector_qc.py"

@@ -134,3 +134,28 @@ rule finetune_curves_plot:
         ENV_DATA
     script:
         "../scripts/report_finetune_curves.py"
+
+
+# The report's front page (the workflow description `snakemake --report` opens with,
+# see REPORT_DESCRIPTION): this run's config, data, software and date, and the paper's
+# headline numbers beside ours. Written last, from the kappa table.
+rule report_front_page:
+    input:
+        kappa=f"{RESULTS}/tables/kappa.csv",
+        description=REPORT_STATIC_DESCRIPTION,
+    output:
+        f"{RESULTS}/report/front_page.rst",
+    params:
+        config=config,
+        configfiles=REPORT_CONFIGFILES,
+        methods=EVAL_METHODS,
+    log:
+        f"{LOGS}/report_front_page/report_front_page.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/report_front_page.py"

@@ -527,17 +527,17 @@ def init_worker() -> None:
 
 def run_tasks(tasks: Sequence[CropTask], workers: int, desc: str = "crop") -> list[dict]:
     """Crop every task, in a pool of ``workers`` processes (in-process when 1), with progress."""
-    from tqdm import tqdm
+    from lesioncl.progress import progress
 
     if workers <= 1 or len(tasks) <= 1:
         init_worker()
-        return [_crop_task(t) for t in tqdm(tasks, desc=desc, unit="img", mininterval=2)]
+        return [_crop_task(t) for t in progress(tasks, desc=desc, unit="img", mininterval=2)]
     from lesioncl.utils import worker_context
 
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     with worker_context() as ctx, ctx.Pool(workers, initializer=init_worker) as pool:
         return list(
-            tqdm(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
+            progress(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
                  unit="img", mininterval=2)
         )
 

@@ -784,7 +784,7 @@ def build_idrid_coco(
     ``images_dir/{split}/`` (``file_name`` is relative to that folder). Returns the
     summary (also written to ``summary_path``).
     """
-    from tqdm import tqdm
+    from lesioncl.progress import progress
 
     missing = set(SPLITS) - set(coco_paths)
     if missing:
@@ -814,7 +814,7 @@ def build_idrid_coco(
 
             with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
                 results = list(
-                    tqdm(
+                    progress(
                         pool.map(work, items),
                         total=len(items),
                         desc=f"IDRiD {split}",

@@ -19,8 +19,10 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     """Log to ``log_file`` (and stderr). Returns the package logger.
 
     Snakemake scripts call this with ``snakemake.log[0]`` so that every job has a
-    plain-text log next to its outputs; tqdm writes to stderr, which Snakemake
-    shows on the console.
+    plain-text log next to its outputs. Long loops report through
+    :func:`lesioncl.progress.progress`: a live bar on a terminal, and plain progress
+    lines (count, rate, ETA) at a bounded rate in this log (and on stderr when it is
+    not a terminal, e.g. a SLURM job's output).
     """
     root = logging.getLogger()
     root.setLevel(level)

@@ -118,7 +118,7 @@ class LesionDetector:
     ) -> Iterator[Detections]:
         """Detections for every image in ``paths`` (in order), ``batch_size`` at a time."""
         from mmengine.dataset import pseudo_collate
-        from tqdm import tqdm
+        from lesioncl.progress import progress
 
         paths = [str(p) for p in paths]
         loader = torch.utils.data.DataLoader(
@@ -128,7 +128,7 @@ class LesionDetector:
             num_workers=workers,
             collate_fn=pseudo_collate,
         )
-        with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        with progress(total=len(paths), desc=desc, unit="img") as bar:
             for batch in loader:
                 for sample in self.model.test_step(batch):
                     pred = sample.pred_instances

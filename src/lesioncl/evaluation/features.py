@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from lesioncl.backbones import build_resnet
 from lesioncl.utils import atomic_path, seed_everything
@@ -168,7 +168,7 @@ def predict(
         pin_memory=str(device).startswith("cuda"),
     )
     outputs = []
-    for batch in tqdm(loader, desc=desc, unit="batch", mininterval=5):
+    for batch in progress(loader, desc=desc, unit="batch", mininterval=5):
         x = normalize(to_float(batch.to(device, non_blocking=True), input_size), channels_last)
         with autocast(device, amp):
             out = model(x)

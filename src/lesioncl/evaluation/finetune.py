@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from lesioncl.backbones import feature_dim
 from lesioncl.evaluation.features import (
@@ -284,7 +284,7 @@ def finetune(
         model.train()
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         total, seen = 0.0, 0
-        bar = tqdm(_loader(dataset, s.batch_size, seed, epoch, s.workers, device),
+        bar = progress(_loader(dataset, s.batch_size, seed, epoch, s.workers, device),
                    desc=f"epoch {epoch}/{s.epochs}", unit="batch", mininterval=5)
         for imgs, levels in bar:
             x = to_float(imgs.to(device, non_blocking=True), s.input_size)

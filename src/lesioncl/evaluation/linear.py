@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from lesioncl.evaluation.features import load_features
 from lesioncl.evaluation.fractions import read_fractions
@@ -144,7 +144,7 @@ def linear_evaluation(
         raise ValueError("no labelled training images in this fraction")
     xs_train, xs_val, xs_test = standardize(x_train, x_val, x_test)
     runs = []
-    for wd in tqdm(list(weight_decays), desc="linear (weight decay grid)", unit="wd"):
+    for wd in progress(list(weight_decays), desc="linear (weight decay grid)", unit="wd"):
         run = train_linear(
             xs_train, y_train, xs_val, y_val, epochs=epochs, lr=lr, weight_decay=wd,
             batch_size=batch_size, seed=seed, class_balanced=class_balanced,

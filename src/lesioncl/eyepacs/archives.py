@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from ..utils import atomic_path, write_json
 from .common import IMAGE_DIRS, IMAGE_EXT, LABEL_FILES, EyepacsError
@@ -248,7 +248,7 @@ def unpack_zip(
             infos = [i for i in archive.infolist() if not i.is_dir()]
             offsets = sorted(i.header_offset for i in infos)
             central = archive.start_dir if hasattr(archive, "start_dir") else reader.size
-            for info in tqdm(infos, desc=f"unpack {aset.name}", unit="file", mininterval=5):
+            for info in progress(infos, desc=f"unpack {aset.name}", unit="file", mininterval=5):
                 target = _member_target(info.filename)
                 if target is None:
                     skipped.append(info.filename)

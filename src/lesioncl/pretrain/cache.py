@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from lesioncl.utils import atomic_path
 
@@ -67,7 +67,7 @@ def build_crop_cache(
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             # PIL releases the GIL while decoding, so threads scale.
-            for _ in tqdm(pool.map(load, range(n)), total=n, desc=f"cache {split}", unit="img"):
+            for _ in progress(pool.map(load, range(n)), total=n, desc=f"cache {split}", unit="img"):
                 pass
         array.flush()
         del array

@@ -14,7 +14,7 @@ One plain training loop (torchvision-references style):
 * optimiser: SGD (momentum, Nesterov, weight decay), per-step cosine schedule to 0
   with an optional linear warm-up;
 * validation loss every ``val_every`` epochs (fixed views, so epochs are comparable);
-* logs: TensorBoard (``tb/``: loss, lr, pairs/s, view grids), tqdm, the text log,
+* logs: TensorBoard (``tb/``: loss, lr, pairs/s, view grids), progress (lesioncl.progress), the text log,
   ``history.csv``;
 * checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs and when the
   job receives SIGTERM/SIGUSR1 (SLURM preemption or time limit, Snakemake stopping
@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
@@ -424,7 +424,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self._sync()
         tic = time.perf_counter()
-        bar = tqdm(
+        bar = progress(
             self.train_loader, total=self.steps_per_epoch, initial=start, disable=not self.dist.is_main,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step", leave=False, mininterval=2.0,
         )
@@ -481,7 +481,7 @@ class Trainer:
         self.val_sampler.set_epoch(0)  # the same windows and views at every validation
         total, count = 0.0, 0
         for step, batch in enumerate(
-            tqdm(self.val_loader, disable=not self.dist.is_main, desc="validation", leave=False, mininterval=2.0)
+            progress(self.val_loader, disable=not self.dist.is_main, desc="validation", leave=False, mininterval=2.0)
         ):
             views = self.make_views(batch, 0, step, VAL_STREAM)
             with self.autocast:

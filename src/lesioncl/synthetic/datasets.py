@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from lesioncl.progress import progress
 
 from ..utils import atomic_path, worker_context
 from .grading import (
@@ -136,7 +136,7 @@ class _Staging:
 
 def _map(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
     """``fn`` over ``items`` in order, in ``workers`` processes, with a progress bar."""
-    bar = tqdm(total=len(items), desc=desc, unit="img", mininterval=1.0)
+    bar = progress(total=len(items), desc=desc, unit="img", mininterval=1.0)
     try:
         if workers <= 1:
             for item in items:

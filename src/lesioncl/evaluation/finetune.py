@@ -420,6 +420,11 @@ def run_finetune(
         if not (checkpoint and Path(checkpoint).is_file()):
             clear_event_files(tensorboard_dir)  # a fresh run; a resumed one continues its curves
         writer = SummaryWriter(str(tensorboard_dir))
+        # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
+        from lesioncl.hparams import FINETUNE_METRICS, finetune_hparams, write_hparams
+
+        write_hparams(writer, finetune_hparams(settings, method=method, fraction=fraction, seed=seed, arch=arch,
+                                               n_train=len(train_levels)), FINETUNE_METRICS)
     try:
         fit = finetune(
             model, train_all, train_levels, val_images, val_rows["level"].to_numpy(), settings,

@@ -380,7 +380,13 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         purge = self.epoch * self.steps_per_epoch + self.step if self.resumed else None
-        return SummaryWriter(log_dir=str(self.cfg.outputs()["tb"]), purge_step=purge)
+        writer = SummaryWriter(log_dir=str(self.cfg.outputs()["tb"]), purge_step=purge)
+        # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
+        from lesioncl.hparams import PRETRAIN_METRICS, pretrain_hparams, write_hparams
+
+        write_hparams(writer, pretrain_hparams(self.cfg, global_batch=self.global_batch,
+                                               world_size=self.dist.world), PRETRAIN_METRICS)
+        return writer
 
     # ---- training ------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:

@@ -105,6 +105,17 @@ def test_module_runs_a_real_job_in_its_own_folder(tmp_path):
     assert sorted(p.name for p in (folder / "results/synthetic/idrid").rglob("IDRiD_*.jpg"))
     log = folder / "logs/synthetic_idrid/synthetic_idrid.log"
     assert log.is_file() and log.stat().st_size > 0
+    # the report opens with the workflow description: the static one until rule
+    # report_front_page has written this run's front page, then that one
+    snakemake_in(folder, "--report", "report.html", "results/synthetic/idrid_truth.csv")
+    html = (folder / "report.html").read_text()
+    assert "How to read this report" in html and "qc_idrid.png" in html
+    front = folder / "results/report/front_page.rst"
+    front.parent.mkdir(parents=True)
+    front.write_text("This run\n========\n\nWritten by **report_front_page**.\n")
+    snakemake_in(folder, "--report", "report.html", "results/synthetic/idrid_truth.csv")
+    html = (folder / "report.html").read_text()
+    assert "report_front_page" in html and "How to read this report" not in html
 
 
 def test_common_smk_finds_the_package_from_its_own_location():

@@ -22,9 +22,11 @@ from lesioncl.eyepacs import EyepacsError, parse_image_names
 from lesioncl.eyepacs.archives import ConcatenatedFile, find_archive_sets, unpack_all
 from lesioncl.eyepacs.download import (
     download_competition,
+    fetch_file,
     find_kaggle_credentials,
     kaggle_config_dir,
     make_kaggle_api,
+    missing_credentials_message,
 )
 from lesioncl.eyepacs.labels import build_labels, write_labels
 
@@ -146,7 +148,7 @@ def competition_files(n_train_parts=3, n_test_parts=2) -> dict[str, bytes]:
 def no_kaggle_env(monkeypatch, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(home))
     return home
@@ -333,6 +335,54 @@ def test_real_client_is_made_lazily_with_env_credentials(no_kaggle_env, monkeypa
     assert type(api).__name__ == "KaggleApi"
 
 
+def test_new_style_api_token_lookup(no_kaggle_env, monkeypatch):
+    """kaggle >= 1.8's API token: KAGGLE_API_TOKEN (the token or a file), ~/.kaggle/access_token;
+    it wins over a legacy kaggle.json, as in the client."""
+    home = no_kaggle_env
+    (home / ".kaggle").mkdir()
+    (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "ann", "key": "k"}))
+    token = home / ".kaggle" / "access_token"
+    token.write_text("")
+    with pytest.raises(EyepacsError, match=r"access_token is empty.*Generate New Token"):
+        find_kaggle_credentials()
+    token.write_text("KGAT_0123456789abcdef\n")
+    token.chmod(0o600)
+    creds = find_kaggle_credentials()
+    assert creds.source == str(token) and creds.username is None
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_fedcba9876543210")
+    assert find_kaggle_credentials().source == "the variable KAGGLE_API_TOKEN"
+    elsewhere = home / "token.txt"
+    elsewhere.write_text("KGAT_1\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(elsewhere))
+    assert str(elsewhere) in find_kaggle_credentials().source
+    msg = missing_credentials_message("diabetic-retinopathy-detection", environ={}, home=home / "nobody")
+    for needed in ("KAGGLE_API_TOKEN", "~/.kaggle/access_token", "Generate New Token", "kaggle.json"):
+        assert needed in msg, needed
+
+
+def test_real_client_authenticates_with_the_api_token(no_kaggle_env, monkeypatch):
+    """The pinned kaggle client takes the new token (its server-side check stubbed: no network)."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    seen = []
+    monkeypatch.setattr(KaggleApi, "_introspect_token", lambda self, token: seen.append(token) or "someone")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")
+    api = make_kaggle_api("diabetic-retinopathy-detection")
+    assert seen == ["KGAT_0123456789abcdef"]
+    assert api.config_values[api.CONFIG_NAME_TOKEN] == "KGAT_0123456789abcdef"
+    assert api.config_values[api.CONFIG_NAME_USER] == "someone"
+
+
+def test_rejected_api_token_is_one_clear_error(no_kaggle_env, monkeypatch):
+    """An expired token: the client gives up (it would exit); the user gets the fix."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    monkeypatch.setattr(KaggleApi, "_introspect_token", lambda self, token: None)  # inactive token
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_expired")
+    with pytest.raises(EyepacsError, match=r"could not authenticate with the variable KAGGLE_API_TOKEN.*Generate New Token"):
+        make_kaggle_api("diabetic-retinopathy-detection")
+
+
 @pytest.mark.parametrize("where", ["list", "download"])
 def test_rules_not_accepted_403(tmp_path, where):
     files = competition_files()
@@ -384,6 +434,102 @@ def test_download_resume_and_verify(tmp_path):
     with pytest.raises(EyepacsError, match=r"test.zip.001: got \d+ bytes but Kaggle lists"):
         download_competition("c", dl, api=FakeApi(files, truncate={"test.zip.001"}))
     assert not (dl / "archives" / "test.zip.001").exists()
+
+
+class RangeServer:
+    """A local HTTP server for one file, as Kaggle's storage serves it: Content-Length,
+    Accept-Ranges, an ETag, Range requests (206). ``broken``: the first response
+    stops after ``cut`` bytes and later ones fail with 503 (a transfer that dies)."""
+
+    def __init__(self, data: bytes, cut: int):
+        import http.server
+        import threading
+
+        self.data, self.cut, self.broken, self.requests = data, cut, True, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.requests.append(rng)
+                if server.broken and len(server.requests) > 1:
+                    self.send_error(503)
+                    return
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                body = server.data[start:]
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", '"v1"')
+                self.send_header("Last-Modified", "Mon, 02 Jan 2017 10:00:00 GMT")
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
+                self.end_headers()
+                if server.broken:
+                    body = body[: server.cut]
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                if server.broken:
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ClientApi:
+    """competition_download_file as kaggle 2.x does it after the API call: the real
+    client's download_needed / download_file (its resume logic) on the server's response."""
+
+    def __init__(self, url: str):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        self.api, self.url = KaggleApi(), url
+
+    def competition_download_file(self, competition, file_name, path=None, force=False, quiet=False):
+        response = requests.get(f"{self.url}/{file_name}", stream=True, timeout=30)
+        outfile = str(Path(path) / file_name)
+        if force or self.api.download_needed(response, outfile, quiet):
+            self.api.download_file(response, outfile, None, quiet, not force)
+
+
+def test_interrupted_part_resumes_from_its_bytes(tmp_path, monkeypatch):
+    """A part whose transfer died mid-file continues from the bytes on disk (HTTP Range)
+    on the next attempt, through the pinned kaggle client, instead of starting again."""
+    import importlib
+
+    # (kaggle/__init__ binds the name kaggle.api to a client object, so `import ... as` fails)
+    extended = importlib.import_module("kaggle.api.kaggle_api_extended")
+    monkeypatch.setattr(extended.time, "sleep", lambda s: None)  # the client's retry back-off
+    # the client writes 1 MiB chunks: the transfer dies in the third one
+    data = random.Random(7).randbytes(3_000_000)
+    server = RangeServer(data, cut=2_500_000)
+    try:
+        archives = tmp_path / "archives"
+        archives.mkdir()
+        api = ClientApi(server.url)
+        with pytest.raises(requests.exceptions.HTTPError):  # the first attempt dies
+            fetch_file(api, "c", "train.zip.001", len(data), archives)
+        staged = archives / ".downloading" / "train.zip.001" / "train.zip.001"
+        have = staged.stat().st_size  # kept for the next attempt
+        assert 0 < have < len(data) and not (archives / "train.zip.001").exists()
+
+        server.broken, server.requests = False, []
+        assert fetch_file(api, "c", "train.zip.001", len(data), archives) == "downloaded"
+        assert (archives / "train.zip.001").read_bytes() == data
+        assert f"bytes={have}-" in server.requests  # resumed where it stopped
+        assert not (archives / ".downloading" / "train.zip.001").exists()
+    finally:
+        server.close()
 
 
 def test_listing_without_needed_files(tmp_path):

@@ -1,12 +1,18 @@
 """Downloading the EyePACS competition files with the Kaggle API.
 
 * Credentials are checked *before* the ``kaggle`` package is imported: it
-  authenticates at import time and raises an unhelpful ``OSError`` without them.
-  Without credentials the user gets one message saying exactly what to do.
+  authenticates at import time and exits without them. Accepted, in the client's
+  order: the new-style API token (``KAGGLE_API_TOKEN``, the token itself or a file
+  holding it, or ``~/.kaggle/access_token``; kaggle >= 1.8), then the legacy
+  ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``kaggle.json``. Without any the user gets
+  one message saying exactly what to do.
 * The competition's files are fetched one by one into ``{download_dir}/archives``.
   A file whose size equals the size the API lists is complete and skipped, so an
-  interrupted download resumes at the file it stopped at; a partial file is
-  fetched again from the start.
+  interrupted download resumes at the file it stopped at. The file in progress is
+  downloaded in its own staging folder ``archives/.downloading/<name>/``, which is
+  kept when a transfer breaks: the next attempt lets the client resume it from its
+  bytes (HTTP Range, checked against the server's ETag by the client's
+  ``.kaggle-partial`` marker) instead of starting again.
 * Every downloaded file is checked against the listed size; the zips are CRC-checked
   when they are unpacked (:mod:`.archives`).
 * When ``{download_dir}/{competition}.zip`` exists (what ``kaggle competitions
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _COPY_BUFFER = 1 << 20
 MANIFEST_NAME = "download_manifest.json"
+# kaggle >= 1.8 keeps "<file>.kaggle-partial" beside a partial download (its resume state)
+RESUME_MARKER_SUFFIX = ".kaggle-partial"
 
 
 # --------------------------------------------------------------------------- credentials
@@ -66,13 +74,58 @@ def kaggle_config_dir(environ: Mapping[str, str] | None = None, home: str | os.P
     return legacy
 
 
-def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
-                            home: str | os.PathLike | None = None) -> KaggleCredentials | None:
-    """Kaggle credentials from the environment or ``kaggle.json``; None when absent.
+def _warn_if_readable(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
 
-    A ``kaggle.json`` that is not JSON with ``username`` and ``key`` is an error.
+
+def find_access_token(environ: Mapping[str, str] | None = None,
+                      home: str | os.PathLike | None = None) -> KaggleCredentials | None:
+    """The new-style API token (kaggle >= 1.8), where the client looks for it; None if absent.
+
+    ``KAGGLE_API_TOKEN`` holds the token or the path of a file holding it; else
+    ``~/.kaggle/access_token`` (or ``access_token.txt``). An empty token file is an error.
     """
     env = os.environ if environ is None else environ
+    home = Path(home) if home is not None else Path(env.get("HOME") or Path.home())
+    value = (env.get("KAGGLE_API_TOKEN") or "").strip()
+    candidates = []
+    if value:
+        if not Path(value).expanduser().exists():
+            return KaggleCredentials("the variable KAGGLE_API_TOKEN", None)
+        candidates.append((Path(value).expanduser(), "the file named by KAGGLE_API_TOKEN"))
+    candidates += [(home / ".kaggle" / name, None) for name in ("access_token", "access_token.txt")]
+    for path, what in candidates:
+        if not path.is_file():
+            continue
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise EyepacsError(f"{path}: the Kaggle API token cannot be read ({exc}); fix its "
+                               "permissions (chmod 600, owned by you) and rerun") from exc
+        if not token:
+            raise EyepacsError(
+                f"{path} is empty: it must hold the API token Kaggle shows under Settings -> "
+                "API -> 'Generate New Token'; paste the token into it (or delete the file) and rerun"
+            )
+        _warn_if_readable(path)
+        return KaggleCredentials(f"{what} ({path})" if what else str(path), None)
+    return None
+
+
+def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
+                            home: str | os.PathLike | None = None) -> KaggleCredentials | None:
+    """Kaggle credentials in the client's order; None when there are none.
+
+    The new-style API token first (:func:`find_access_token`), then the legacy key
+    (``KAGGLE_USERNAME``/``KAGGLE_KEY``, or ``kaggle.json``). A ``kaggle.json`` that
+    is not JSON with ``username`` and ``key`` is an error.
+    """
+    env = os.environ if environ is None else environ
+    token = find_access_token(env, home)
+    if token is not None:
+        return token
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return KaggleCredentials("the variables KAGGLE_USERNAME and KAGGLE_KEY", env["KAGGLE_USERNAME"])
     path = kaggle_config_dir(env, home) / "kaggle.json"
@@ -89,9 +142,7 @@ def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
             '{"username": ..., "key": ...} that Kaggle gives under Settings -> API -> '
             "Create New Token; download a new one and replace this file"
         ) from exc
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
+    _warn_if_readable(path)
     return KaggleCredentials(str(path), username)
 
 
@@ -107,12 +158,16 @@ def missing_credentials_message(competition: str, environ: Mapping[str, str] | N
     )
     target = "$KAGGLE_CONFIG_DIR" if env.get("KAGGLE_CONFIG_DIR") else "~/.kaggle"
     return (
-        f"No Kaggle API credentials: neither {where} nor the variables KAGGLE_USERNAME "
-        "and KAGGLE_KEY are set. To download EyePACS with eyepacs.source: kaggle, "
-        "(1) sign in at https://www.kaggle.com, open Settings -> API -> 'Create New Token' "
-        f"(this downloads kaggle.json); (2) mkdir -p {target} && mv kaggle.json {target}/ && "
-        f"chmod 600 {target}/kaggle.json -- or export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>; "
-        f"(3) accept the competition rules at https://www.kaggle.com/competitions/{competition}/rules; "
+        "No Kaggle API credentials: no API token (the variable KAGGLE_API_TOKEN or "
+        f"~/.kaggle/access_token), no {where} and not the variables KAGGLE_USERNAME and "
+        "KAGGLE_KEY. To download EyePACS with eyepacs.source: kaggle, "
+        "(1) sign in at https://www.kaggle.com, open Settings -> API and either "
+        "'Generate New Token' (an API token: export KAGGLE_API_TOKEN=<token>, or save it: "
+        "mkdir -p ~/.kaggle && echo <token> > ~/.kaggle/access_token && chmod 600 "
+        "~/.kaggle/access_token) or the legacy 'Create New Token' (downloads kaggle.json: "
+        f"mkdir -p {target} && mv kaggle.json {target}/ && chmod 600 {target}/kaggle.json -- "
+        "or export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>); "
+        f"(2) accept the competition rules at https://www.kaggle.com/competitions/{competition}/rules; "
         "then rerun. If you already have the images, set eyepacs.source: folder and "
         "eyepacs.raw_dir: <the folder holding train/, test/, trainLabels.csv and "
         "retinopathy_solution.csv> instead."
@@ -128,7 +183,12 @@ def make_kaggle_api(competition: str, environ: Mapping[str, str] | None = None,
     creds = find_kaggle_credentials(environ, home)
     if creds is None:
         raise EyepacsError(missing_credentials_message(competition, environ, home))
-    log.info("Kaggle credentials from %s (user %s)", creds.source, creds.username)
+    log.info("Kaggle credentials from %s%s", creds.source,
+             f" (user {creds.username})" if creds.username else "")
+    failed = f"the Kaggle client could not authenticate with {creds.source}"
+    fix = ("create a new API token (Kaggle Settings -> API -> Generate New Token) and put it "
+           "in KAGGLE_API_TOKEN or ~/.kaggle/access_token (an expired or revoked token is "
+           "refused), or use a legacy kaggle.json; then rerun")
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi  # authenticates on import
 
@@ -139,11 +199,10 @@ def make_kaggle_api(competition: str, environ: Mapping[str, str] | None = None,
             f"the kaggle package is not installed ({exc}); install the project's "
             "requirements (make setup) or use eyepacs.source: folder"
         ) from exc
+    except SystemExit as exc:  # kaggle >= 1.8 exits when no method authenticates
+        raise EyepacsError(f"{failed} (it gave up: {exc}); {fix}") from None
     except (OSError, ValueError, KeyError) as exc:
-        raise EyepacsError(
-            f"the Kaggle client could not authenticate with {creds.source}: {exc}; "
-            "create a new API token (Kaggle Settings -> API -> Create New Token)"
-        ) from exc
+        raise EyepacsError(f"{failed}: {exc}; {fix}") from exc
     return api
 
 
@@ -168,9 +227,10 @@ def explain_api_error(exc: BaseException, competition: str, action: str) -> Eyep
     if status == 401:
         return EyepacsError(
             f"Kaggle rejected the API credentials while {action} (HTTP 401: {exc}). The "
-            "token is wrong or was revoked: create a new one (Kaggle Settings -> API -> "
-            "Create New Token), replace ~/.kaggle/kaggle.json (chmod 600) or update "
-            "KAGGLE_USERNAME/KAGGLE_KEY, then rerun."
+            "token is wrong, expired or was revoked: create a new one (Kaggle Settings -> "
+            "API -> Generate New Token) and update KAGGLE_API_TOKEN or ~/.kaggle/access_token "
+            "(chmod 600) -- or, with a legacy key (Create New Token), replace "
+            "~/.kaggle/kaggle.json or update KAGGLE_USERNAME/KAGGLE_KEY -- then rerun."
         )
     if status == 403:
         return EyepacsError(
@@ -312,20 +372,26 @@ def fetch_file(api: Any, competition: str, name: str, size: int | None, archives
         )
         target.unlink()
     # The client names its output after the download URL; a private folder per
-    # file makes that name irrelevant and keeps partial files out of the way.
+    # file makes that name irrelevant and keeps partial files out of the way. It is
+    # kept when a transfer breaks: without force the client resumes the partial file
+    # from its bytes (its .kaggle-partial marker proves the bytes are this file's).
     staging = archives_dir / ".downloading" / Path(name).name
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    log.info("%s: downloading (%s bytes)", name, size if size is not None else "?")
+    staging.mkdir(parents=True, exist_ok=True)
+    partial = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
+    if partial:
+        log.info("%s: resuming the partial download %s (%d bytes)", name, partial[0],
+                 partial[0].stat().st_size)
+    else:
+        log.info("%s: downloading (%s bytes)", name, size if size is not None else "?")
     call_api(
-        lambda: api.competition_download_file(competition, name, path=str(staging), force=True, quiet=False),
+        lambda: api.competition_download_file(competition, name, path=str(staging), force=False, quiet=False),
         competition, f"downloading {name}",
     )
-    got = [p for p in staging.iterdir() if p.is_file()]
+    got = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
     if len(got) != 1:
         raise EyepacsError(
             f"downloading {name}: expected one file in {staging}, found "
-            f"{[p.name for p in got]}; rerun (complete files are kept)"
+            f"{[p.name for p in got]}; delete {staging} and rerun (complete files are kept)"
         )
     fetched = got[0]
     if fetched.name != target.name and fetched.name == f"{target.name}.zip":
@@ -406,14 +472,14 @@ def download_competition(competition: str, download_dir: str | os.PathLike, api:
         # Downloaded beside, renamed when complete: a broken transfer never
         # leaves a truncated zip under the name that is used without checks.
         log.warning("Kaggle listed no files for %s; downloading the whole competition zip", competition)
+        # A broken transfer is resumed by the next attempt (staging kept, no force).
         staging = download_dir / ".downloading"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        staging.mkdir(exist_ok=True)
         call_api(
-            lambda: api.competition_download_files(competition, path=str(staging), force=True, quiet=False),
+            lambda: api.competition_download_files(competition, path=str(staging), force=False, quiet=False),
             competition, "downloading the competition zip",
         )
-        got = [p for p in staging.iterdir() if p.is_file()]
+        got = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
         if len(got) != 1 or not zipfile.is_zipfile(got[0]):
             raise EyepacsError(
                 f"the competition download left {[p.name for p in got]} in {staging}, not one "

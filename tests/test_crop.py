@@ -156,6 +156,55 @@ def test_retina_crop_fills_the_frame(retina_jpeg, tmp_path):
     assert det.size == (res.det_width, res.det_height) and max(det.size) == 800
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_retina_photo_as_png_and_tiff(retina_jpeg, tmp_path, fmt):
+    """A real fundus photograph saved as PNG / TIFF (APTOS, Messidor-2 style) is cropped
+    like the JPEG: same box logic through a full decode."""
+    from skimage import data
+
+    photo = data.retina()
+    ext = {"PNG": "png", "TIFF": "tif"}[fmt]
+    square = tmp_path / f"retina.{ext}"
+    Image.fromarray(photo).save(square, format=fmt)
+    res = crop_image(square, tmp_path / "sq.jpeg", None, CropParams())
+    assert res.box == (0, 0, 1411, 1411) and res.box_method == "square"
+    plain = np.asarray(crop_reference(square)[0]).astype(np.int16)  # the plain algorithm's crop
+    assert np.abs(read(tmp_path / "sq.jpeg") - plain).mean() < 2
+
+    wide = np.zeros((1411, 2200, 3), np.uint8)
+    wide[:, 500:1911] = photo
+    src = tmp_path / f"wide.{ext}"
+    Image.fromarray(wide).save(src, format=fmt)
+    res = crop_image(src, tmp_path / "o.jpeg", tmp_path / "d.jpeg", CropParams(detect_max_size=800))
+    _, ref_box, ref_method = crop_reference(src)
+    assert res.box_method == ref_method == "foreground"
+    assert max(abs(a - b) for a, b in zip(res.box, ref_box)) <= 8, (res.box, ref_box)
+    out = read(tmp_path / "o.jpeg")
+    assert out.shape == (512, 512, 3)
+    # the same picture as the crop of the JPEG of the square photo
+    jpeg_crop = tmp_path / "jpeg_sq.jpeg"
+    crop_image(retina_jpeg, jpeg_crop, None, CropParams())
+    assert np.abs(out - read(jpeg_crop)).mean() < 6
+    det = Image.open(tmp_path / "d.jpeg")
+    assert det.size == (res.det_width, res.det_height) and max(det.size) == 800
+
+
+def test_other_modes_become_rgb(tmp_path):
+    """16-bit greyscale (scaled, not clipped), RGBA and palette images are cropped."""
+    grey8 = fundus(900, 600, 450, 300, 320).mean(axis=2)
+    Image.fromarray((grey8 * 257).astype(np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    res = crop_image(tmp_path / "g16.png", tmp_path / "g.jpeg", None, CropParams())
+    assert res.box_method == "foreground"
+    # scaled back to the 8-bit picture, not clipped to white
+    assert abs(int(read(tmp_path / "g.jpeg").max()) - grey8.max()) < 10, read(tmp_path / "g.jpeg").max()
+    rgba = np.dstack([fundus(900, 600, 450, 300, 320), np.full((600, 900), 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    Image.fromarray(fundus(900, 600, 450, 300, 320)).convert("P").save(tmp_path / "p.png")
+    for name in ("a.png", "p.png"):
+        assert crop_image(tmp_path / name, tmp_path / f"{name}.jpeg", None, CropParams()).box_method == "foreground"
+
+
 # --------------------------------------------------------------------------- fast path vs plain
 
 
@@ -225,12 +274,20 @@ def test_rejects_with_reasons(tmp_path):
     save_jpeg(np.zeros((600, 900, 3), np.uint8), tmp_path / "black.jpeg")
     (tmp_path / "empty.jpeg").write_bytes(b"")
     (tmp_path / "text.jpeg").write_text("this is not an image\n")
-    Image.fromarray(fundus(900, 600, 450, 300, 320)).save(tmp_path / "png.jpeg", format="PNG")
     save_jpeg(np.full((600, 900, 3), 128, np.uint8), tmp_path / "grey.jpeg")
+    # the same rejects for other formats (a full decode instead of the DCT-scaled one)
+    png = tmp_path / "good.png"
+    Image.fromarray(fundus(900, 600, 450, 300, 320)).save(png)
+    (tmp_path / "truncated.png").write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])
+    Image.fromarray(np.zeros((600, 900, 3), np.uint8)).save(tmp_path / "black.tif")
+    Image.fromarray(np.full((600, 900, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    (tmp_path / "text.png").write_text("this is not an image\n")
+    (tmp_path / "empty.tiff").write_bytes(b"")
     expected = {
         "missing.jpeg": "missing", "empty.jpeg": "empty_file", "text.jpeg": "unreadable",
-        "png.jpeg": "not_jpeg", "truncated.jpeg": "truncated", "black.jpeg": "blank",
-        "grey.jpeg": "no_fov",
+        "truncated.jpeg": "truncated", "black.jpeg": "blank", "grey.jpeg": "no_fov",
+        "truncated.png": "truncated", "black.tif": "blank", "grey.png": "no_fov",
+        "text.png": "unreadable", "empty.tiff": "empty_file",
     }
     for name, reason in expected.items():
         out = tmp_path / f"out_{name}"
@@ -241,6 +298,7 @@ def test_rejects_with_reasons(tmp_path):
     res = crop_image(tmp_path / "grey.jpeg", tmp_path / "g.jpeg", None, CropParams(reject_no_foreground=False))
     assert res.box_method == "square_no_foreground"
     assert crop_image(good, tmp_path / "ok.jpeg", None, CropParams()).box_method == "foreground"
+    assert crop_image(png, tmp_path / "ok_png.jpeg", None, CropParams()).box_method == "foreground"
 
 
 def test_load_truncated_images_must_stay_off(tmp_path, monkeypatch):

@@ -222,6 +222,35 @@ def test_missing_image_folder(tmp_path):
         build_labels(raw)
 
 
+def test_empty_image_folder(tmp_path):
+    """A train/ or test/ folder without files (not unpacked yet) stops with the fix."""
+    raw = make_raw(tmp_path / "raw")
+    for f in (raw / "test").iterdir():
+        f.unlink()
+    with pytest.raises(EyepacsError, match=r"test is empty: it must hold the competition's test images"):
+        build_labels(raw)
+
+
+def test_other_image_formats_are_listed(tmp_path):
+    """PNG / TIFF / .jpg files are images too; the table's path is the file found; a
+    second file of one image is listed, not used twice."""
+    raw = make_raw(tmp_path / "raw")
+    (raw / "train" / "10_left.jpeg").rename(raw / "train" / "10_left.png")
+    (raw / "train" / "10_right.jpeg").rename(raw / "train" / "10_right.TIFF")
+    (raw / "test" / "1_left.jpeg").rename(raw / "test" / "1_left.jpg")
+    (raw / "train" / "13_left.png").write_bytes(b"x")  # beside 13_left.jpeg
+    (raw / "train" / "notes.txt").write_text("x")
+    labels, problems, _ = build_labels(raw, expect_full=False)
+    paths = dict(zip(labels["image"], labels["path"]))
+    assert len(labels) == len(TRAIN) + len(TEST)
+    assert paths["10_left"].endswith("train/10_left.png") and paths["10_right"].endswith("10_right.TIFF")
+    assert paths["1_left"].endswith("test/1_left.jpg") and paths["13_left"].endswith("13_left.jpeg")
+    extra = problems[problems["reason"] == "unexpected_entry"].set_index("file")["detail"]
+    assert "13_left.jpeg is used" in extra[str(raw / "train" / "13_left.png")]
+    assert str(raw / "train" / "notes.txt") in extra.index
+    assert not problems["reason"].isin(["missing_file", "unlabelled_file"]).any(), problems
+
+
 def test_missing_label_csv(tmp_path):
     raw = make_raw(tmp_path / "raw")
     (raw / "retinopathy_solution.csv").unlink()

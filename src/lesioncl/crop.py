@@ -1,4 +1,4 @@
-"""The o_O border crop of EyePACS fundus photographs (REFERENCE.md, "Crop").
+"""The o_O border crop of EyePACS fundus photographs (docs/method.md, "Crop").
 
 The original algorithm (Kaggle 2nd place "o_O", reused by the paper's ``tools/crop.py``):
 
@@ -50,6 +50,11 @@ Choices that differ from the original, on purpose:
 * Images that cannot be used are not cropped but returned as rejects with a reason
   (:data:`REJECT_REASONS`); PIL's ``LOAD_TRUNCATED_IMAGES`` stays off, so a truncated
   JPEG is detected instead of being decoded with grey.
+* Any image format Pillow reads is cropped (PNG, TIFF, BMP, ...: APTOS, Messidor-2,
+  DDR). Those have no DCT scaling: they are decoded at full resolution and reduced by
+  box averaging (``Image.reduce``) for the box search and the crops; the box logic
+  and the rejects are the same. 16-bit greyscale is scaled to 8 bits, an alpha
+  channel is dropped, other modes are converted to RGB.
 """
 
 from __future__ import annotations
@@ -77,9 +82,8 @@ log = logging.getLogger("lesioncl.crop")
 REJECT_REASONS = (
     "missing",  # the file does not exist
     "empty_file",  # zero bytes
-    "unreadable",  # not an image PIL can identify, or a corrupt JPEG stream
-    "not_jpeg",  # an image, but not a JPEG (EyePACS images are all JPEG)
-    "truncated",  # the JPEG stream ends before the image is complete
+    "unreadable",  # not an image PIL can identify, or a corrupt image stream
+    "truncated",  # the image data end before the image is complete
     "blank",  # mean intensity below min_mean_intensity (black / very dark)
     "no_fov",  # wide image with nothing brighter than its borders
 )
@@ -304,9 +308,23 @@ def _open(data: bytes, src: Path) -> Image.Image:
         raise CropReject("unreadable", f"{src}: not an image PIL can identify ({exc})") from None
     except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
         raise CropReject("unreadable", f"{src}: {exc}") from None
-    if im.format != "JPEG":
-        raise CropReject("not_jpeg", f"{src} is a {im.format} image, not a JPEG")
     return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of any Pillow mode (16-bit/32-bit/float greyscale scaled to 0..255)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 255.0)
+        if top > 255:
+            arr = arr * (255.0 / top)
+        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # what Pillow asks for before dropping the alpha
+    return im.convert("RGB")  # alpha dropped (the background is black anyway)
 
 
 def _load(im: Image.Image, src: Path) -> None:
@@ -326,10 +344,13 @@ def _load(im: Image.Image, src: Path) -> None:
 
 
 def decode_reduced(data: bytes, src: Path, factor: int) -> tuple[Image.Image, int, int, int]:
-    """Decode the JPEG ``factor`` times smaller (DCT scaling). Returns (RGB image, w, h, factor)."""
+    """Decode the JPEG ``factor`` times smaller (DCT scaling). Returns (RGB image, w, h, factor).
+
+    Other formats are decoded at full size (factor 1 is returned).
+    """
     im = _open(data, src)
     width, height = im.size
-    if factor > 1:
+    if factor > 1 and im.format == "JPEG":
         im.draft("RGB", (width // factor, height // factor))
     _load(im, src)
     got = im.size
@@ -338,9 +359,7 @@ def decode_reduced(data: bytes, src: Path, factor: int) -> tuple[Image.Image, in
     )
     if actual is None:  # pragma: no cover - libjpeg only scales by 1/1, 1/2, 1/4, 1/8
         raise RuntimeError(f"{src}: unexpected reduced size {got} of a {width}x{height} JPEG")
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return im, width, height, actual
+    return _to_rgb(im), width, height, actual
 
 
 # --------------------------------------------------------------------------- cropping
@@ -386,8 +405,9 @@ def crop_image(
     det_path: str | os.PathLike | None,
     params: CropParams = CropParams(),
 ) -> CropResult:
-    """Crop one fundus JPEG: write the ``size`` crop to ``out_path`` and the detection crop
-    to ``det_path`` (either may be None). Raises :class:`CropReject` for unusable images."""
+    """Crop one fundus photograph (JPEG, or any format Pillow reads): write the ``size``
+    crop to ``out_path`` and the detection crop to ``det_path`` (either may be None).
+    Raises :class:`CropReject` for unusable images."""
     src = Path(src)
     data = _read_bytes(src)
     header = _open(data, src)
@@ -395,6 +415,8 @@ def crop_image(
     k_search = search_factor(height, params)
     k_crop = min(decode_factor(width, height, params, with_detect=False), k_search)
     k_dec = min(decode_factor(width, height, params, with_detect=det_path is not None), k_crop)
+    if header.format != "JPEG":
+        k_dec = 1  # no DCT scaling: a full decode, reduced by box averaging below
     im, width, height, got = decode_reduced(data, src, k_dec)
     if got != k_dec:  # pragma: no cover - draft() picks exactly the requested scale
         raise RuntimeError(f"{src}: asked libjpeg for a 1/{k_dec} decode, got 1/{got}")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-IMAGE_EXT = ".jpeg"
+IMAGE_EXT = ".jpeg"  # Kaggle's
+# Image files of a raw folder, in order of preference when one image has several
+# (case-insensitive): Kaggle's JPEGs, or the same images in another format Pillow reads.
+IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
 # The label files of the raw layout: trainLabels.csv lists the Kaggle train
 # images, retinopathy_solution.csv the Kaggle test images (with Usage).
 LABEL_FILES = {"train": "trainLabels.csv", "test": "retinopathy_solution.csv"}

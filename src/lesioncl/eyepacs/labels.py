@@ -3,7 +3,7 @@
 ``build_labels`` reads the two label CSVs, lists ``train/`` and ``test/`` once each
 (``os.scandir``) and joins them, all vectorised (88,702 rows in about a second).
 
-Split (the authors' official split, REFERENCE.md): train = Kaggle train;
+Split (the authors' official split, docs/method.md): train = Kaggle train;
 val = Kaggle test with Usage=Public; test = Kaggle test with Usage=Private.
 
 What is checked, and what happens:
@@ -17,7 +17,13 @@ What is checked, and what happens:
   an image file (``missing_file``) and image files without a label row
   (``unlabelled_file``). Both are left out of the table and listed;
 * a warning only: other entries in ``train/``/``test/`` (``unexpected_entry``: not
-  ``{id}_{left|right}.jpeg``), and counts that differ from the full competition's.
+  ``{id}_{left|right}`` with an image extension, or a second file of one image), and
+  counts that differ from the full competition's.
+
+Images may be ``.jpeg`` (Kaggle's) or any of :data:`~.common.IMAGE_EXTS` (``.jpg``,
+``.png``, ``.tif``/``.tiff``, ``.bmp``, any case): the table's ``path`` is the file
+found. When one image has several files, the first extension of that list wins and
+the others are listed as ``unexpected_entry``.
 
 Every problem is a row of the problems table (image, folder, file, reason, detail).
 """
@@ -35,6 +41,7 @@ from .common import (
     EXPECTED_COUNTS,
     IMAGE_DIRS,
     IMAGE_EXT,
+    IMAGE_EXTS,
     LABEL_COLUMNS,
     LABEL_FILES,
     LEVELS,
@@ -81,6 +88,12 @@ def check_raw_layout(raw_dir: str | os.PathLike) -> dict[str, Path]:
                 f"{raw_dir / folder} is missing: the EyePACS folder must hold the Kaggle "
                 f"{folder}/ folder of images ({folder}.zip.001… unpacked); {_FIX_SOURCE}"
             )
+        with os.scandir(raw_dir / folder) as entries:  # the first entry only: cheap
+            if next(entries, None) is None:
+                raise EyepacsError(
+                    f"{raw_dir / folder} is empty: it must hold the competition's {folder} "
+                    f"images ({folder}.zip.001… unpacked into it); {_FIX_SOURCE}"
+                )
     found = {}
     for key, name in LABEL_FILES.items():
         path = label_file_path(raw_dir, key)
@@ -113,16 +126,33 @@ def _read_label_csv(path: Path, key: str) -> pd.DataFrame:
     return df[LABEL_COLUMNS[key]]
 
 
-def _list_folder(folder: Path) -> tuple[pd.Series, list[str]]:
-    """Image stems (``10_left``) of ``folder``'s ``*.jpeg`` files, and its other entries."""
-    images, other = [], []
+def _image_suffix(name: str) -> str | None:
+    dot = name.rfind(".")
+    suffix = name[dot:].lower() if dot > 0 else ""
+    return suffix if suffix in IMAGE_EXTS else None
+
+
+def _list_folder(folder: Path) -> tuple[pd.Series, dict[str, str], list[str], list[tuple[str, str]]]:
+    """``folder``'s images: their stems (``10_left``), stem -> file name, the other
+    entries, and (file, file used instead) for images with several files."""
+    names: dict[str, str] = {}
+    other, doubles = [], []
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTS)}
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.endswith(IMAGE_EXT) and entry.is_file():
-                images.append(entry.name[: -len(IMAGE_EXT)])
-            else:
+            suffix = _image_suffix(entry.name)
+            if suffix is None or not entry.is_file():
                 other.append(entry.name)
-    return pd.Series(images, dtype="string"), sorted(other)
+                continue
+            stem = entry.name[: -len(suffix)]
+            kept = names.get(stem)
+            if kept is None:
+                names[stem] = entry.name
+                continue
+            keep, drop = sorted([kept, entry.name], key=lambda n: (rank[_image_suffix(n)], n))
+            names[stem] = keep
+            doubles.append((drop, keep))
+    return pd.Series(list(names), dtype="string"), names, sorted(other), sorted(doubles)
 
 
 def _problems(df: pd.DataFrame, folder, raw_dir: Path, reason: str, detail) -> pd.DataFrame:
@@ -220,21 +250,29 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         ))
         labels = labels[~twice]
 
-    files, file_counts, unexpected = {}, {}, []
+    files, file_names, file_counts, unexpected = {}, {}, {}, []
     for folder in IMAGE_DIRS:
-        stems, other = _list_folder(raw_dir / folder)
+        stems, file_names[folder], other, doubles = _list_folder(raw_dir / folder)
         file_counts[folder] = len(stems)
         parsed = parse_image_names(stems)
         good = parsed["patient_id"].notna()
         files[folder] = set(stems[good])
-        other += [s + IMAGE_EXT for s in stems[~good]]
+        other += [file_names[folder][s] for s in stems[~good]]
         if other:
             unexpected.append(pd.DataFrame({
                 "image": pd.Series([pd.NA] * len(other), dtype="string"),
                 "folder": folder,
                 "file": [str(raw_dir / folder / name) for name in sorted(other)],
                 "reason": "unexpected_entry",
-                "detail": f"not {{id}}_{{left|right}}{IMAGE_EXT}; ignored",
+                "detail": f"not {{id}}_{{left|right}} with an image extension ({', '.join(IMAGE_EXTS)}); ignored",
+            }))
+        if doubles:
+            unexpected.append(pd.DataFrame({
+                "image": pd.Series([name[: -len(_image_suffix(name))] for name, _ in doubles], dtype="string"),
+                "folder": folder,
+                "file": [str(raw_dir / folder / name) for name, _ in doubles],
+                "reason": "unexpected_entry",
+                "detail": [f"a second file of this image; {kept} is used, this one ignored" for _, kept in doubles],
             }))
 
     # Join the label rows with the files of their folder.
@@ -269,7 +307,10 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
     labels = labels.assign(
         level=labels["level"].astype(int),
         patient_id=labels["patient_id"].astype("int64"),
-        path=str(raw_dir) + os.sep + labels["folder"] + os.sep + labels["image"] + IMAGE_EXT,
+        path=[
+            str(raw_dir) + os.sep + folder + os.sep + file_names[folder][image]
+            for folder, image in zip(labels["folder"], labels["image"])
+        ],
     )
     labels["split"] = pd.Categorical(labels["split"], categories=SPLITS, ordered=True)
     labels = labels.sort_values(["split", "patient_id", "eye"], kind="stable").reset_index(drop=True)

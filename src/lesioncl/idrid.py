@@ -1,6 +1,6 @@
 """IDRiD ingestion: the official "A. Segmentation" layout -> lesion boxes -> COCO.
 
-The official layout (REFERENCE facts; 81 images, 54 train + 27 test, 4288x2848)::
+The official layout (docs/method.md; 81 images, 54 train + 27 test, 4288x2848)::
 
     A. Segmentation/
       1. Original Images/{a. Training Set,b. Testing Set}/IDRiD_NN.jpg
@@ -16,10 +16,10 @@ lesion mask. The input is the official zip (with ``A. Segmentation/`` at its roo
 level down), the folder ``A. Segmentation`` itself, or the folder containing it. A zip
 is read member by member, never unpacked.
 
-Masks -> boxes (the REFERENCE recipe, made precise):
+Masks -> boxes (the original's recipe, docs/method.md, made precise):
 
 * A mask pixel is lesion when the maximum over its colour channels is above
-  ``mask_threshold`` (REFERENCE: > 1). The real masks are RGB TIFs with the lesion in
+  ``mask_threshold`` (the original: > 1). The real masks are RGB TIFs with the lesion in
   the red channel; palette masks are expanded to RGB first and an alpha channel is
   ignored. A mask whose maximum value is exactly 1 is a 0/1 mask: 1 is lesion (with
   threshold > 1 it would otherwise be empty); this is logged and listed in the summary.

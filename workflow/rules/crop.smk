@@ -1,4 +1,4 @@
-# The o_O border crop (REFERENCE.md "Crop"), sharded: rule crop_shard crops the
+# The o_O border crop (docs/method.md "Crop"), sharded: rule crop_shard crops the
 # rows i % n_shards == shard of labels.csv into 512 crops + detection-resolution
 # crops; rule crop_merge checks every image is cropped or rejected (with its
 # reason) exactly once and writes the manifest, the reject table and a QC picture.

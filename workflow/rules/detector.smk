@@ -1,4 +1,4 @@
-# The IDRiD lesion detector (REFERENCE.md "Lesion detector"): Faster R-CNN + FPN with
+# The IDRiD lesion detector (docs/method.md "Lesion boxes and detector"): Faster R-CNN + FPN with
 # MMDetection 3.x, its config generated in Python from config["detector"]. Trains on
 # results/idrid/coco_train.json, publishes a plain state_dict + the mmdet config, and
 # evaluates the published model on the testing set (COCO bbox metrics).

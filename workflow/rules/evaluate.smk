@@ -1,4 +1,4 @@
-# DR-grading evaluation (REFERENCE.md "Evaluation"): every compared initialisation
+# DR-grading evaluation (docs/method.md "Evaluation"): every compared initialisation
 # (wildcard `method`) is evaluated by a linear classifier on its frozen features
 # and by the authors' fine-tuning recipe, on nested stratified label fractions of
 # the training set; selection on val (Usage=Public), kappa on test (Usage=Private).

@@ -1,4 +1,4 @@
-# The lesion index (REFERENCE.md "Lesion index"): the detector runs over the
+# The lesion index (docs/method.md "Lesion index"): the detector runs over the
 # detection-resolution crops of the EyePACS train and val images in shards
 # (rows i % n_shards == shard of the train+val rows of crop_manifest.csv); boxes are
 # rescaled into the crop.size crops and filtered into the authors' pickle format.

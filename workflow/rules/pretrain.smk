@@ -1,4 +1,4 @@
-# Contrastive pretraining (REFERENCE.md "Lesion-based contrastive pretraining").
+# Contrastive pretraining (docs/method.md "Lesion-based contrastive pretraining").
 #   crop_cache        crop_manifest.csv -> results/cache/crops_{split}.npy (+ .csv): the
 #                     512 crops of a split decoded once into a uint8 memmap (also read
 #                     by the evaluation)

@@ -19,7 +19,7 @@ from lesioncl.utils import atomic_path, seed_everything
 
 log = logging.getLogger(__name__)
 
-# EyePACS channel statistics used by the authors (REFERENCE.md), on [0, 1] RGB.
+# EyePACS channel statistics used by the authors (docs/method.md), on [0, 1] RGB.
 EYEPACS_MEAN = (0.4258, 0.2974, 0.2129)
 EYEPACS_STD = (0.2767, 0.2024, 0.1686)
 BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")

@@ -1,4 +1,4 @@
-"""The view augmentation of REFERENCE.md, batched on tensors with per-view parameters.
+"""The paper's view augmentation (docs/method.md), batched on tensors with per-view parameters.
 
 Per view, in order: horizontal flip, vertical flip, ColorJitter(0.4, 0.4, 0.4, 0.1)
 (always applied, its four operations in a random order per view, as torchvision),

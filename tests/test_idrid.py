@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -306,6 +307,29 @@ def test_zip_equals_folder(tmp_path):
         "2. All Segmentation Groundtruths/b. Testing Set/2. Haemorrhages",
     ):
         run(broken, tmp_path / "broken")
+
+
+def test_corrupt_zip_member_is_named_with_the_fix(tmp_path):
+    """A damaged archive (bytes of one member changed: a bad CRC) stops with the member
+    and the fix, not a zipfile traceback."""
+    make_layout(tmp_path / "in", SPEC)
+    archive = tmp_path / "A. Segmentation.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted((tmp_path / "in").rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(tmp_path / "in").as_posix())
+    with zipfile.ZipFile(archive) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(".jpg"))
+    data = bytearray(archive.read_bytes())
+    # the member's data follow its 30-byte local header, name and extra field
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.compress_size // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(IdridLayoutError) as err:
+        run(archive, tmp_path / "out")
+    text = str(err.value)
+    assert info.filename in text and "is corrupt" in text and "download the official" in text, text
 
 
 # ------------------------------------------------------------------ validation

@@ -124,6 +124,42 @@ def test_cache_mismatched_listing_is_an_error(toy, tmp_path):
         open_crop_cache(npy)
 
 
+def test_cache_cut_short_is_named_with_the_fix(toy, tmp_path):
+    """An interrupted copy of the .npy (shorter, or longer, than its header says) is a
+    clear error before any read, not numpy's mmap error."""
+    npy = tmp_path / "crops_train.npy"
+    build_crop_cache(toy["manifest"], "train", SIZE, npy, npy.with_suffix(".csv"))
+    data = npy.read_bytes()
+    npy.write_bytes(data[:-1000])
+    with pytest.raises(ValueError, match=r"crops_train.npy: \d+ bytes, but its header describes .* truncated"
+                                         r".*rerun the crop_cache rule, or copy it again"):
+        open_crop_cache(npy)
+    npy.write_bytes(data + b"\0" * 10)
+    with pytest.raises(ValueError, match="too long"):
+        open_crop_cache(npy)
+    npy.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="not a readable .npy file"):
+        open_crop_cache(npy)
+    npy.write_bytes(data)
+    assert open_crop_cache(npy)[0].shape[0] == 6
+
+
+def test_crops_deleted_after_the_manifest_are_all_named(toy, tmp_path):
+    """Crops removed from the crop folder after crop_merge: every missing one is counted
+    and the fix given, before anything is decoded or written."""
+    manifest = pd.read_csv(toy["manifest"])
+    train = manifest[manifest["split"] == "train"]["path"].tolist()
+    for path in train[:2]:
+        Path(path).unlink()
+    npy = tmp_path / "crops_train.npy"
+    with pytest.raises(FileNotFoundError) as info:
+        build_crop_cache(toy["manifest"], "train", SIZE, npy, npy.with_suffix(".csv"))
+    text = str(info.value)
+    assert "2 of the 6 crops it lists do not exist" in text and train[0] in text, text
+    assert "--forcerun crop_shard" in text
+    assert not npy.exists()
+
+
 # ----------------------------------------------------------------------------- datasets
 @pytest.fixture
 def coord_cache(tmp_path):

@@ -138,6 +138,43 @@ def test_first_run_stamps_and_other_data_stop_before_any_job(tmp_path):
     assert changed["hash"] == side["hash"] and changed["history"][0]["hash"] == stamp["hash"]
 
 
+@pytest.mark.parametrize("case, needle", [
+    ("eyepacs-missing", "does not exist; set eyepacs.raw_dir"),
+    ("eyepacs-empty", "train is empty: it must hold the competition's train images"),
+    ("idrid-missing", "IDRiD input not found. Fix: set idrid.path"),
+    ("idrid-empty", "the folder is empty. Fix: unpack the official"),
+    ("idrid-not-a-zip", "neither a folder nor a zip archive (an incomplete download?)"),
+])
+def test_missing_or_empty_data_stop_before_any_job(tmp_path, case, needle):
+    """A config whose data folder is missing or empty stops at parse time with the path
+    and the fix (also before the provenance check, which would blame the folder)."""
+    raw = tmp_path / "raw"
+    for sub in ("train", "test"):
+        (raw / sub).mkdir(parents=True)
+    (raw / "test" / "1_left.jpeg").write_bytes(b"x")
+    (raw / "trainLabels.csv").write_text("image,level\n")
+    (raw / "retinopathy_solution.csv").write_text("image,level,Usage\n")
+    idrid = tmp_path / "idrid"
+    paths = {"eyepacs-missing": ("eyepacs", tmp_path / "nowhere"), "eyepacs-empty": ("eyepacs", raw),
+             "idrid-missing": ("idrid", tmp_path / "nowhere.zip"), "idrid-empty": ("idrid", idrid),
+             "idrid-not-a-zip": ("idrid", tmp_path / "part.zip")}
+    idrid.mkdir()
+    (tmp_path / "part.zip").write_bytes(b"PK\x03\x04 cut short")
+    which, path = paths[case]
+
+    def mutate(config):
+        if which == "eyepacs":
+            config["eyepacs"].update(source="folder", raw_dir=str(path))
+        else:
+            config["idrid"].update(source="path", path=str(path))
+
+    proc = run_snakemake(tmp_path / "work", "-n", "--cores", "1", configfile=_config(tmp_path, "c.yaml", mutate),
+                         check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and needle in out and str(path) in out, out[-3000:]
+    assert "Job stats" not in out
+
+
 # --------------------------------------------------------------------------- protected()
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
 

@@ -53,6 +53,7 @@ import re
 import shutil
 import threading
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -233,8 +234,17 @@ class ZipSource(IdridSource):
                 parent = parent.parent
 
     def read_bytes(self, rel: str) -> bytes:
-        with self._lock:
-            return self._zip.read(self._members[rel])
+        member = self._members[rel]
+        try:
+            with self._lock:
+                return self._zip.read(member)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise IdridLayoutError(
+                f"{self.path}: the member {member} is corrupt ({exc}): the archive is "
+                "damaged (an interrupted download or copy?). Fix: download the official "
+                f"'{SEGMENTATION_DIR}' zip again and check it (unzip -t), or unpack a good "
+                "copy and set idrid.path to that folder."
+            ) from None
 
     def close(self) -> None:
         self._zip.close()
@@ -256,6 +266,31 @@ def _resolve_folder(path: Path) -> Path:
         f"'{SEGMENTATION_DIR}' zip, the '{SEGMENTATION_DIR}' folder or the folder "
         "containing it."
     )
+
+
+def check_idrid_path(path: str | os.PathLike) -> None:
+    """Cheap checks of the configured IDRiD input before any job: it exists, a folder
+    is not empty and holds the layout's folders, a file is a zip. (The full layout and
+    every member are checked by the rule.)"""
+    path = Path(path)
+    if not path.exists():
+        raise IdridLayoutError(
+            f"{path}: IDRiD input not found. Fix: set idrid.path to the official "
+            f"'{SEGMENTATION_DIR}' zip or its unpacked folder (or idrid.source: synthetic)."
+        )
+    if path.is_dir():
+        with os.scandir(path) as entries:
+            if next(entries, None) is None:
+                raise IdridLayoutError(
+                    f"{path}: the folder is empty. Fix: unpack the official "
+                    f"'{SEGMENTATION_DIR}' zip into it, or set idrid.path to the zip itself."
+                )
+        _resolve_folder(path)
+    elif not zipfile.is_zipfile(path):
+        raise IdridLayoutError(
+            f"{path}: neither a folder nor a zip archive (an incomplete download?). Fix: "
+            f"set idrid.path to the official '{SEGMENTATION_DIR}' zip or its unpacked folder."
+        )
 
 
 @contextmanager

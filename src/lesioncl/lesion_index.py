@@ -136,8 +136,9 @@ def predict_shard(
     missing = [p for p in rows["det_path"] if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{manifest_path}: {len(missing)} det_path files do not exist (first: {missing[:3]}); "
-            "rerun the crop rule"
+            f"{manifest_path}: {len(missing)} det_path files do not exist (first: {missing[:3]}): "
+            "the crop folders changed after the manifest was written. Recreate the crops: rerun "
+            "with --forcerun crop_shard (and your --configfile)"
         )
     log.info("shard %d/%d: %d images (%s)", shard, n_shards, len(rows),
              dict(Counter(rows["split"])))

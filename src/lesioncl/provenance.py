@@ -31,7 +31,8 @@ PROVENANCE_NAME = "provenance.json"
 
 
 class ProvenanceError(RuntimeError):
-    """The results folder was made from other data than the current config names."""
+    """The results folder was made from other data than the current config names, or
+    the configured data cannot be used (missing or empty)."""
 
 
 def _resolved(path: str | None) -> str | None:
@@ -53,6 +54,31 @@ def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if id_source == "path":
         idr["path"] = _resolved(idrid.get("path"))
     return {"eyepacs": ep, "idrid": idr}
+
+
+def check_data_folders(config: Mapping[str, Any]) -> None:
+    """The configured raw data exist and are not empty (cheap; before any job).
+
+    Raises :class:`ProvenanceError` with the stage's own message (from
+    :class:`lesioncl.eyepacs.EyepacsError` / :class:`lesioncl.idrid.IdridLayoutError`)
+    naming the path and the fix.
+    """
+    from .eyepacs.common import EyepacsError
+    from .idrid import IdridLayoutError
+
+    try:
+        eyepacs = config.get("eyepacs", {})
+        if eyepacs.get("source") == "folder" and eyepacs.get("raw_dir"):
+            from .eyepacs.labels import check_raw_layout
+
+            check_raw_layout(eyepacs["raw_dir"])
+        idrid = config.get("idrid", {})
+        if idrid.get("source") == "path" and idrid.get("path"):
+            from .idrid import check_idrid_path
+
+            check_idrid_path(idrid["path"])
+    except (EyepacsError, IdridLayoutError) as exc:
+        raise ProvenanceError(str(exc)) from exc
 
 
 def sources_hash(sources: Mapping[str, Any]) -> str:

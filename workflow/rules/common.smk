@@ -45,6 +45,7 @@ if _SRC not in sys.path:
     sys.path.append(_SRC)
 from lesioncl.provenance import (
     ProvenanceError,
+    check_data_folders,
     check_provenance,
     make_stamp,
     write_provenance,
@@ -57,6 +58,7 @@ PROVENANCE = make_stamp(
 )
 _ALLOW_CHANGE = config["allow_provenance_change"] in (True, "true")
 try:
+    check_data_folders(config)  # a missing or empty data folder: said first
     check_provenance(RESULTS, PROVENANCE, _ALLOW_CHANGE)
 except ProvenanceError as err:
     raise WorkflowError(str(err)) from None

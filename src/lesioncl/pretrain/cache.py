@@ -56,6 +56,7 @@ def build_crop_cache(
             f"{sorted(table['split'].unique())}); rerun the eyepacs/crop rules"
         )
     paths = [_resolve(p, manifest) for p in rows["path"]]
+    check_crop_files(paths, manifest)
     n = len(paths)
     log.info("caching %d %s crops of %dx%d from %s", n, split, size, size, manifest)
 
@@ -92,6 +93,36 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
+def check_crop_files(paths: list[Path], manifest: str | os.PathLike) -> None:
+    """Every crop the manifest lists is there (all of them checked before any decode)."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{manifest}: {len(missing)} of the {len(paths)} crops it lists do not exist "
+            f"(first: {', '.join(missing[:3])}): the crop folders changed after the manifest "
+            "was written, and Snakemake does not see files deleted inside them. Recreate the "
+            "crops: rerun with --forcerun crop_shard (and your --configfile); do not delete "
+            "or move single crops"
+        )
+
+
+def _npy_payload(npy_path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and the expected file size of a .npy file, from its header only."""
+    try:
+        with open(npy_path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(
+            f"{npy_path}: not a readable .npy file ({exc}); delete it and rerun the crop_cache "
+            "rule (or copy it again if you copied it from elsewhere)"
+        ) from exc
+    return shape, dtype, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def decode_crop(path: Path, size: int) -> np.ndarray:
     """One crop as a uint8 (size, size, 3) RGB array."""
     try:
@@ -114,6 +145,15 @@ def open_crop_cache(npy_path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFra
     for p in (npy_path, csv_path):
         if not p.is_file():
             raise FileNotFoundError(f"crop cache file not found: {p}; run the crop_cache rule")
+    shape, dtype, expected = _npy_payload(npy_path)
+    actual = npy_path.stat().st_size
+    if actual != expected:
+        raise ValueError(
+            f"{npy_path}: {actual} bytes, but its header describes a {dtype} {shape} array of "
+            f"{expected} bytes: the file is {'truncated' if actual < expected else 'too long'} "
+            "(an interrupted copy or write). Delete it and rerun the crop_cache rule, or copy "
+            "it again completely"
+        )
     array = np.load(npy_path, mmap_mode="r")
     rows = pd.read_csv(csv_path, dtype={"image": str, "split": str})
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or array.shape[1] != array.shape[2]:

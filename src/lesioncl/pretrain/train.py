@@ -441,19 +441,7 @@ class Trainer:
             views = self.make_views(batch, epoch, step, TRAIN_STREAM)
             if step == start and self.cfg.log_images and (epoch == 0 or self.is_val_epoch(epoch)):
                 self.log_views(batch, views, global_step)
-            with self.autocast:
-                z = self.model(views.flatten(0, 1))  # (2n, D)
-            loss = self.contrastive_loss(z)
-            loss_value, spread, stop = self.reduce_step(loss.detach(), embedding_spread(z.detach()))
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"non-finite contrastive loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}: "
-                    "training stopped. Lower pretrain.lr, add warmup_epochs, or set amp: false."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            loss_value, spread, stop = self.train_step(views, f"epoch {epoch + 1}, step {step + 1}")
             self.partial["loss_sum"] += loss_value
             self.partial["spread_sum"] += spread
             self.partial["steps"] += 1
@@ -477,6 +465,25 @@ class Trainer:
         steps = max(1, self.partial["steps"])
         pairs_per_s = self.partial["steps"] * self.global_batch / max(self.partial["seconds"], 1e-9)
         return self.partial["loss_sum"] / steps, self.partial["spread_sum"] / steps, pairs_per_s, lr
+
+    def train_step(self, views: torch.Tensor, where: str = "") -> tuple[float, float, bool]:
+        """One optimiser step on augmented views (n, 2, 3, s, s) already on the device (from
+        :meth:`make_views`): the loss and embedding spread averaged over ranks, and whether a
+        rank was asked to stop. ``where`` (e.g. 'epoch 3, step 7') names the step in errors."""
+        with self.autocast:
+            z = self.model(views.flatten(0, 1))  # (2n, D)
+        loss = self.contrastive_loss(z)
+        loss_value, spread, stop = self.reduce_step(loss.detach(), embedding_spread(z.detach()))
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"non-finite contrastive loss ({loss_value}) at {where or 'this step'}: "
+                "training stopped. Lower pretrain.lr, add warmup_epochs, or set amp: false."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss_value, spread, stop
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float:

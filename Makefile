@@ -1,11 +1,12 @@
 # make demo : set up the environment and run the whole workflow on synthetic data
 # make test : set up the environment and run the test suite (what CI runs)
+# make test-fast : the unit tests only (no end-to-end demo, no SLURM): the inner loop
 SHELL := /bin/bash
-VENV ?= .venv
+VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 CORES ?= all
 
-.PHONY: setup demo test lint report clean
+.PHONY: setup demo test test-fast lint report clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -16,6 +17,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -v $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/snakemake --lint --configfile config/config.yaml

@@ -23,10 +23,77 @@ set -euo pipefail
 MMCV_VERSION=2.1.0
 OPENMMLAB_PINS=(mmengine==0.10.7 mmdet==3.3.0)
 PY=${PYTHON:-python}
+# The build cd's into the unpacked sdist: resolve the interpreter to an absolute path first.
+case "$PY" in
+    /*) ;;
+    */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;;
+    *) PY=$(command -v "$PY") ;;
+esac
+[ -x "$PY" ] || { echo "ERROR: Python interpreter '$PY' not found or not executable" >&2; exit 1; }
 install() {
     "$PY" -m pip install --quiet --no-deps "$1" "${OPENMMLAB_PINS[@]}"
     echo "installed $1 ${OPENMMLAB_PINS[*]}" >&2
 }
+cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/lesioncl/wheels
+torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+# Build the CUDA kernels when nvcc is available (GPU environments), unless told not to.
+if [ -z "${FORCE_CUDA:-}" ]; then
+    FORCE_CUDA=0
+    command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import torch,sys; sys.exit(not torch.version.cuda)' && FORCE_CUDA=1
+fi
+if [ "$FORCE_CUDA" = "1" ]; then
+    # CUDA ops: check the toolchain before an hour-long build and tell torch where it is.
+    cuda_fail() { echo "ERROR (FORCE_CUDA=1): $*; or set FORCE_CUDA=0 to build mmcv's CPU ops only" >&2; exit 1; }
+    command -v nvcc >/dev/null 2>&1 ||
+        cuda_fail "nvcc is not on the PATH: install the CUDA compiler matching torch's CUDA (conda: cuda-nvcc, cuda-cudart-dev)"
+    torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "")')
+    [ -n "$torch_cuda" ] || cuda_fail "torch $torch_version is a CPU-only build: install a CUDA build of torch"
+    nvcc_cuda=$(nvcc --version | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p')
+    [ "${nvcc_cuda%%.*}" = "${torch_cuda%%.*}" ] ||
+        cuda_fail "nvcc is CUDA ${nvcc_cuda:-?} but torch was built with CUDA $torch_cuda: install nvcc $torch_cuda"
+    # torch takes CUDA_HOME to be nvcc's grandparent folder, wrong when the nvcc on the PATH
+    # is a wrapper script or a link (e.g. /usr/local/bin/nvcc): ask nvcc where its toolkit is.
+    if [ -z "${CUDA_HOME:-}" ]; then
+        top=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)
+        { [ -n "$top" ] && [ -d "$top" ]; } || cuda_fail "cannot find the CUDA toolkit of $(command -v nvcc): set CUDA_HOME"
+        CUDA_HOME=$(cd "$top" && pwd -P)
+    fi
+    [ -f "$CUDA_HOME/include/cuda_runtime.h" ] || [ -f "$CUDA_HOME/targets/$(uname -m)-linux/include/cuda_runtime.h" ] ||
+        cuda_fail "CUDA_HOME=$CUDA_HOME has no include/cuda_runtime.h (conda: add cuda-cudart-dev): set CUDA_HOME to the toolkit"
+    export CUDA_HOME
+    # The GPUs to compile for: the visible ones, else every architecture torch was built for
+    # (several times longer): name yours, e.g. TORCH_CUDA_ARCH_LIST="9.0" for an H100/H200.
+    if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+        TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch
+if torch.cuda.is_available():
+    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    print(";".join(f"{a}.{b}" for a, b in sorted(caps)))
+else:
+    print(";".join(f"{a[3:-1]}.{a[-1]}" for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()))')
+        echo "TORCH_CUDA_ARCH_LIST is not set: building the CUDA ops for $TORCH_CUDA_ARCH_LIST" >&2
+    fi
+    export TORCH_CUDA_ARCH_LIST
+    echo "CUDA ops: nvcc $nvcc_cuda, torch CUDA $torch_cuda, CUDA_HOME=$CUDA_HOME, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" >&2
+fi
+flavour=cpu
+[ "$FORCE_CUDA" = "1" ] && flavour=cuda${TORCH_CUDA_ARCH_LIST:+-$(echo "$TORCH_CUDA_ARCH_LIST" | tr -c '0-9A-Za-z.\n' '_')}
+# The key holds everything that shapes the build: the build part of this script, the build tools' versions,
+# torch, Python, machine and flavour. Any change builds a new wheel.
+tools=$("$PY" -c 'import importlib.metadata as m; print(" ".join(m.version(p) for p in ("pip", "setuptools", "wheel")))')
+build_key=$( { sed -n '/^# ---- mmcv build/,$p' "${BASH_SOURCE[0]}"; echo "$tools"; } | sha256sum | cut -c1-12)
+dest="$cache_root/mmcv-$MMCV_VERSION-torch$torch_version-$py_tag-$(uname -m)-$flavour-$build_key"
+
+# LESIONCL_MMCV_PLAN=1: print what would be used and check the interpreter runs from
+# another directory (as it must inside the unpacked sdist), then stop (tests).
+if [ -n "${LESIONCL_MMCV_PLAN:-}" ]; then
+    (cd / && "$PY" -c 'import sys') || { echo "ERROR: $PY does not run from another directory" >&2; exit 1; }
+    echo "python=$PY"
+    echo "flavour=$flavour"
+    echo "wheel_dir=$dest"
+    exit 0
+fi
+
 # The workflow's own package (lesioncl), editable from the workflow's checkout:
 # LESIONCL_ROOT is set by workflow/rules/common.smk (--use-conda) and by
 # scripts/setup_env.sh. envs/data.post-deploy.sh does the same for envs/data.yaml.
@@ -37,18 +104,8 @@ if [ -z "${LESIONCL_ROOT:-}" ] || [ ! -f "$LESIONCL_ROOT/pyproject.toml" ]; then
 fi
 "$PY" -m pip install --quiet --no-deps --no-build-isolation --editable "$LESIONCL_ROOT"
 echo "installed lesioncl (editable) from $LESIONCL_ROOT" >&2
-cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/lesioncl/wheels
-torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
-py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-# Build the CUDA kernels when nvcc is available (GPU environments), unless told not to.
-if [ -z "${FORCE_CUDA:-}" ]; then
-    FORCE_CUDA=0
-    command -v nvcc >/dev/null 2>&1 && "$PY" -c 'import torch,sys; sys.exit(not torch.version.cuda)' && FORCE_CUDA=1
-fi
-flavour=cpu
-[ "$FORCE_CUDA" = "1" ] && flavour=cuda
-dest="$cache_root/mmcv-$MMCV_VERSION-torch$torch_version-$py_tag-$(uname -m)-$flavour"
 
+# ---- mmcv build (everything from here on is part of the wheel's cache key) ----
 existing=$(ls "$dest"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
 if [ -n "$existing" ]; then
     install "$existing"

@@ -18,6 +18,7 @@ from lesioncl.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     classification_metrics,
     fast_quadratic_kappa,
+    kappa_bootstrap_ci,
     predict_thresholds,
     quadratic_kappa,
     tune_thresholds,
@@ -190,3 +191,46 @@ def test_write_fractions(tmp_path):
     _labels().assign(split="val").to_csv(csv, index=False)
     with pytest.raises(ValueError, match="split=train"):
         write_fractions(csv, [0.1], 0, out)
+
+
+def _naive_bootstrap(y, p, samples, seed):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(samples, len(y)))
+    values = []
+    for row in idx:
+        if len(np.unique(np.concatenate([y[row], p[row]]))) > 1:
+            k = cohen_kappa_score(y[row], p[row], weights="quadratic", labels=range(5))
+            if np.isfinite(k):
+                values.append(k)
+    return np.quantile(values, [0.025, 0.975])
+
+
+def test_kappa_bootstrap_ci_matches_a_plain_loop_and_brackets_the_estimate():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 120)
+    p = np.clip(y + rng.integers(-1, 2, 120), 0, 4)
+    low, high = kappa_bootstrap_ci(y, p, samples=300, seed=5)
+    ref = _naive_bootstrap(y, p, 300, 5)
+    assert low == pytest.approx(ref[0], abs=1e-9) and high == pytest.approx(ref[1], abs=1e-9)
+    kappa = quadratic_kappa(y, p)
+    assert low < kappa < high
+    assert kappa_bootstrap_ci(y, p) == kappa_bootstrap_ci(y, p)  # fixed seed: reproducible
+
+
+def test_kappa_bootstrap_ci_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+
+    def width(n):
+        y = rng.integers(0, 5, n)
+        p = np.where(rng.random(n) < 0.7, y, rng.integers(0, 5, n))
+        low, high = kappa_bootstrap_ci(y, p)
+        return high - low
+
+    assert width(1200) < 0.6 * width(100)
+
+
+def test_classification_metrics_carry_the_interval():
+    y = np.array([0, 1, 2, 3, 4] * 6)
+    m = classification_metrics(y, y)
+    assert m["kappa_ci95"] == [1.0, 1.0]
+    assert classification_metrics(np.zeros(4, int), np.zeros(4, int))["kappa_ci95"] is None  # undefined

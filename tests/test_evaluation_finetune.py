@@ -151,3 +151,24 @@ def test_run_finetune_imagenet_offline_is_skipped(tmp_path, monkeypatch):
     res = json.loads(out.read_text())
     assert res["skipped"] is True and "offline" in res["skip_reason"]
     assert list(pd.read_csv(tmp_path / "h.csv").columns) == ft.HISTORY_COLUMNS
+
+
+def test_steps_per_epoch_has_a_floor():
+    assert ft.steps_per_epoch(240, 16) == 15
+    assert ft.steps_per_epoch(24, 16) == 1  # one pass, drop_last
+    assert ft.steps_per_epoch(24, 16, min_steps=8) == 8  # a small fraction passes several times
+    assert ft.steps_per_epoch(240, 16, min_steps=8) == 15
+    assert ft.steps_per_epoch(10, 16) == 1
+
+
+def test_min_steps_per_epoch_trains_that_many_steps(tmp_path):
+    train, ytr = _data(10, 0)
+    val, yva = _data(6, 1)
+    settings = FinetuneSettings(**{**SETTINGS.__dict__, "epochs": 2, "min_steps_per_epoch": 5})
+    batches = list(ft._epoch_batches(ft.IndexedImages(train, np.arange(10), ytr), 4, 0, 1, 0, "cpu", 5))
+    assert len(batches) == 5 and all(len(b[1]) == 4 for b in batches)  # 2 per pass, reshuffled passes
+    first_pass = torch.cat([b[1] for b in batches[:2]])
+    second_pass = torch.cat([b[1] for b in batches[2:4]])
+    assert len(first_pass) == len(second_pass) == 8
+    fit = ft.finetune(_model(), train, ytr, val, yva, settings, seed=0)
+    assert fit["steps"] == 10 and [r["epoch"] for r in fit["history"]] == [1, 2]

@@ -67,7 +67,10 @@ def test_loss_decreases_and_outputs_follow_the_contract(toy, tmp_path):
     final = load(out["final"])
     assert final["epoch"] == 10 and final["step"] == 0 and len(final["history"]) == 10
     table = pd.read_csv(out["history"])
-    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std"]
+    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std",
+                                   "knn_kappa", "elapsed_s"]
+    assert table["knn_kappa"].isna().all()  # no probe configured
+    assert table["elapsed_s"].is_monotonic_increasing
     # embeddings spread out (1/sqrt(proj_dim) for a uniform spread), well above the collapse floor
     floor = COLLAPSE_FRACTION / math.sqrt(cfg.proj_dim)
     assert (table["embedding_std"] > 3 * floor).all(), table["embedding_std"].tolist()
@@ -199,3 +202,49 @@ def test_config_validation(toy, tmp_path):
         make_cfg(toy, tmp_path, mode="moco")
     with pytest.raises(ValueError, match=r"unknown pretraining settings \['lr_typo'\]"):
         PretrainConfig.from_dict({**make_cfg(toy, tmp_path).to_dict(), "lr_typo": 1})
+
+
+def test_knn_predict_votes_by_similarity():
+    from lesioncl.pretrain.probe import knn_predict
+
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 3, 3, 4])
+    queries = torch.tensor([[2.0, 0.1], [0.05, 3.0], [-1.0, -0.1]])
+    assert knn_predict(bank, labels, queries, k=2).tolist() == [0, 3, 4]
+    # k larger than the bank: every row votes, the nearest weigh most
+    assert knn_predict(bank, labels, queries, k=50, temperature=0.05).tolist() == [0, 3, 4]
+
+
+def test_knn_probe_is_recorded_at_validated_epochs(toy, tmp_path):
+    cfg = make_cfg(toy, tmp_path / "probe", epochs=4, val_every=2, probe_size=32, probe_k=5)
+    history = run_pretraining(cfg)
+    knn = [h["knn_kappa"] for h in history]
+    assert math.isnan(knn[0]) and math.isnan(knn[2]) and math.isfinite(knn[1]) and math.isfinite(knn[3])
+    table = pd.read_csv(cfg.outputs()["history"])
+    assert table["knn_kappa"].notna().tolist() == [False, True, False, True]
+    # the probe changes nothing the training computes
+    plain = run_pretraining(make_cfg(toy, tmp_path / "plain", epochs=4, val_every=2))
+    assert [h["train_loss"] for h in plain] == [h["train_loss"] for h in history]
+
+
+def test_knn_probe_grades_a_learnable_cache(tmp_path):
+    """Brightness follows the grade: even a random network's features grade it well above chance."""
+    import numpy as np
+
+    from lesioncl.pretrain.probe import KNNProbe
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("val", 30)):
+        levels = np.arange(n) % 5
+        images = (rng.integers(0, 30, (n, 32, 32, 3)) + levels[:, None, None, None] * 50).astype(np.uint8)
+        np.save(tmp_path / f"crops_{split}.npy", images)
+        pd.DataFrame({"image": [f"{split}{i}_left.jpeg" for i in range(n)], "level": levels,
+                      "split": split}).to_csv(tmp_path / f"crops_{split}.csv", index=False)
+    probe = KNNProbe(tmp_path / "crops_train.npy", tmp_path / "crops_val.npy", size=32, k=5)
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18()
+    backbone.fc = torch.nn.Identity()
+    backbone.train()
+    result = probe(backbone, torch.device("cpu"))
+    assert result["knn_kappa"] > 0.8, result
+    assert backbone.training  # its mode is restored

@@ -120,3 +120,19 @@ def test_figures(result_files, tmp_path):
     for name in ("k.png", "cm.png", "pre.png", "ftc.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_interval_and_steps_reach_the_table(tmp_path):
+    res = _result("lesion_cl", "finetune", 0.1, 0, 0.6)
+    res["test"]["kappa_ci95"] = [0.51, 0.68]
+    res["train_steps"] = 24
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    results, _ = load_results([path])
+    table = kappa_table(results, ["lesion_cl"], [0.1], ["finetune"])
+    row = table.iloc[0]
+    assert row["test_kappa_ci_low"] == 0.51 and row["test_kappa_ci_high"] == 0.68 and row["train_steps"] == 24
+    md = kappa_markdown(table, ["lesion_cl"], [0.1])
+    assert "| lesion_cl | 0.600 [0.51, 0.68] |" in md
+    assert "SGD steps per fine-tuning run: 10%: 24." in md
+    assert format_cell(0.6, np.nan, 1, ci=(np.nan, np.nan)) == "0.600"

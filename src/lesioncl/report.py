@@ -30,13 +30,20 @@ TABLE_COLUMNS = [
     "method", "evaluation", "fraction", "n_seeds", "status",
     "val_kappa_mean", "val_kappa_std", "test_kappa_mean", "test_kappa_std",
     "test_accuracy_mean", "test_accuracy_std", "test_kappa_tuned_mean", "test_kappa_tuned_std",
-    "n_train", "selected_epoch_mean", "skip_reason",
+    "test_kappa_ci_low", "test_kappa_ci_high", "test_kappa_tuned_ci_low", "test_kappa_tuned_ci_high",
+    "n_train", "train_steps", "selected_epoch_mean", "skip_reason",
 ]
 
 
 def _metric(res: dict, split: str, key: str):
     value = (res.get(split) or {}).get(key)
     return np.nan if value is None else float(value)
+
+
+def _ci(res: dict, split: str) -> tuple[float, float]:
+    """The 95 % bootstrap interval of a split's kappa (nan, nan when absent)."""
+    ci = (res.get(split) or {}).get("kappa_ci95")
+    return (np.nan, np.nan) if not ci else (float(ci[0]), float(ci[1]))
 
 
 def load_results(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict]]:
@@ -58,7 +65,11 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list
             "val_kappa": _metric(res, "val", "kappa"), "test_kappa": _metric(res, "test", "kappa"),
             "test_accuracy": _metric(res, "test", "accuracy"),
             "test_kappa_tuned": _metric(res, "test_tuned", "kappa"),
+            "test_kappa_ci_low": _ci(res, "test")[0], "test_kappa_ci_high": _ci(res, "test")[1],
+            "test_kappa_tuned_ci_low": _ci(res, "test_tuned")[0],
+            "test_kappa_tuned_ci_high": _ci(res, "test_tuned")[1],
             "n_train": res.get("n_train", np.nan),
+            "train_steps": res.get("train_steps", np.nan),
             "selected_epoch": (res.get("selected") or {}).get("epoch", np.nan),
             "path": str(path),
         })
@@ -100,14 +111,24 @@ def kappa_table(
                 for key in ("val_kappa", "test_kappa", "test_accuracy", "test_kappa_tuned"):
                     mean, std = _mean_std(ok[key]) if len(ok) else (np.nan, np.nan)
                     row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+                # With several seeds: the average of the per-seed bootstrap bounds.
+                for key in ("test_kappa_ci_low", "test_kappa_ci_high",
+                            "test_kappa_tuned_ci_low", "test_kappa_tuned_ci_high"):
+                    row[key] = float(ok[key].mean()) if len(ok) and ok[key].notna().any() else np.nan
                 row["n_train"] = float(ok["n_train"].mean()) if len(ok) else np.nan
+                row["train_steps"] = (float(ok["train_steps"].mean())
+                                      if len(ok) and ok["train_steps"].notna().any() else np.nan)
                 row["selected_epoch_mean"] = float(ok["selected_epoch"].mean()) if len(ok) else np.nan
                 out.append(row)
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
 
 
-def format_cell(mean: float, std: float, n_seeds: int, status: str = "ok", digits: int = 3) -> str:
-    """'0.812 ± 0.010' (several seeds), '0.812' (one seed), 'skipped', or '–' (no result)."""
+def format_cell(mean: float, std: float, n_seeds: int, status: str = "ok", digits: int = 3,
+                ci: tuple[float, float] | None = None) -> str:
+    """'0.812 ± 0.010' (several seeds), '0.812' (one seed), 'skipped', or '–' (no result).
+
+    With ``ci`` (a 95 % bootstrap interval) it follows in brackets: '0.812 [0.77, 0.85]'.
+    """
     if status == "skipped":
         return "skipped"
     if status == "missing" or n_seeds == 0 or mean is None or not math.isfinite(mean):
@@ -115,6 +136,8 @@ def format_cell(mean: float, std: float, n_seeds: int, status: str = "ok", digit
     text = f"{mean:.{digits}f}"
     if n_seeds > 1 and std is not None and math.isfinite(std):
         text += f" ± {std:.{digits}f}"
+    if ci is not None and all(v is not None and math.isfinite(v) for v in ci):
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     return text
 
 
@@ -127,9 +150,10 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
     lines = ["# Quadratic weighted kappa on the test split", ""]
     max_seeds = int(table["n_seeds"].max()) if len(table) else 0
     lines.append(
-        "Mean ± std over seeds where more than one seed ran; model selection (epoch, weight "
-        "decay) on the validation split only. 'skipped': the method could not run here "
-        "(see kappa.csv, column skip_reason)."
+        "Mean ± std over seeds where more than one seed ran; in brackets the 95 % bootstrap "
+        "interval over the test images (2,000 resamples; with several seeds, the average of "
+        "their intervals). Model selection (epoch, weight decay) on the validation split only. "
+        "'skipped': the method could not run here (see kappa.csv, column skip_reason)."
     )
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
     if table["test_kappa_tuned_mean"].notna().any():
@@ -147,10 +171,19 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
                     cells.append("–")
                     continue
                 r = row.iloc[0]
-                cells.append(format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"]))
+                ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
+                cells.append(format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"],
+                                         ci=ci))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         if key == "test_kappa":  # the paper's figures, marked as the paper's
             lines += paper_rows(evaluation, fractions)
+        if evaluation == "finetune" and key == "test_kappa" and sub["train_steps"].notna().any():
+            steps = []
+            for fraction in fractions:
+                rows = sub[np.isclose(sub["fraction"], float(fraction)) & sub["train_steps"].notna()]
+                steps.append(f"{fraction_label(fraction)}: {int(rows['train_steps'].max())}" if len(rows) else
+                             f"{fraction_label(fraction)}: –")
+            lines += ["", "SGD steps per fine-tuning run: " + ", ".join(steps) + "."]
     lines += ["", f"Seeds per cell: up to {max_seeds}.", ""]
     return "\n".join(lines)
 

@@ -232,9 +232,9 @@ def _features_runtime(wildcards, input):
 
 
 def _finetune_runtime(wildcards, input):
-    per_epoch = 3 * float(wildcards.fraction) * _n_rows(input.train_csv) + _n_rows(
-        input.val_csv
-    )
+    labelled = float(wildcards.fraction) * _n_rows(input.train_csv)
+    trained = max(labelled, _FT["min_steps_per_epoch"] * _FT["batch_size"])
+    per_epoch = 3 * trained + _n_rows(input.val_csv)
     final = _n_rows(input.val_csv) + _n_rows(input.test_csv)
     return int(20 + 2 * (_FT["epochs"] * per_epoch + final) / _images_per_minute())
 

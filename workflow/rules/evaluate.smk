@@ -116,6 +116,7 @@ rule eval_finetune:
         imagenet_weights=_EVAL["imagenet_weights"],
         settings=dict(
             epochs=_FT["epochs"],
+            min_steps_per_epoch=_FT["min_steps_per_epoch"],
             batch_size=_FT["batch_size"],
             lr=_FT["lr"],
             momentum=_FT["momentum"],

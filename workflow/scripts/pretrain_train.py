@@ -33,6 +33,9 @@ try:
         checkpoint_every=run["checkpoint_every"],
         compile=run["compile"],
         channels_last=run["channels_last"],
+        probe_size=smk.config["evaluation"]["input_size"] if run["knn_probe"] else 0,
+        probe_k=run["knn_k"],
+        probe_max_train=run["knn_max_train"],
         **hp,
     )
     expected = {k: Path(v) for k, v in cfg.outputs().items() if k in smk.output.keys()}

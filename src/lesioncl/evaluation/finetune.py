@@ -169,6 +169,9 @@ class IndexedImages(torch.utils.data.Dataset):
 @dataclass
 class FinetuneSettings:
     epochs: int = 25
+    # An epoch runs at least this many SGD steps (small label fractions pass over their
+    # images several times per epoch, each pass reshuffled); 0: one pass per epoch.
+    min_steps_per_epoch: int = 0
     batch_size: int = 16
     lr: float = 1e-3
     momentum: float = 0.9
@@ -215,13 +218,31 @@ def save_checkpoint(path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def _loader(dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str):
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+def _loader(dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, repeat: int = 0):
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919 * repeat)
     drop_last = len(dataset) > batch_size  # avoid a BatchNorm batch of one; reshuffled each epoch
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=drop_last,
         num_workers=workers, pin_memory=device.startswith("cuda"), persistent_workers=False,
     )
+
+
+def steps_per_epoch(n_images: int, batch_size: int, min_steps: int = 0) -> int:
+    """SGD steps of one fine-tuning epoch: one pass (``drop_last``), at least ``min_steps``."""
+    natural = n_images // batch_size if n_images > batch_size else 1
+    return max(natural, int(min_steps))
+
+
+def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, steps: int):
+    """``steps`` batches: passes over ``dataset``, each reshuffled, cut at ``steps``."""
+    done, repeat = 0, 0
+    while done < steps:
+        for batch in _loader(dataset, batch_size, seed, epoch, workers, device, repeat):
+            yield batch
+            done += 1
+            if done == steps:
+                return
+        repeat += 1
 
 
 def finetune(
@@ -263,11 +284,11 @@ def finetune(
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     dataset = IndexedImages(train_images, np.asarray(train_indices), np.asarray(train_levels))
-    steps_per_epoch = len(dataset) // s.batch_size if len(dataset) > s.batch_size else 1
+    n_steps = steps_per_epoch(len(dataset), s.batch_size, s.min_steps_per_epoch)
     opt = torch.optim.SGD(
         model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs * n_steps))
     start_epoch, history = 0, []
     best = {"kappa": -math.inf, "epoch": 0, "state": None}
     ckpt = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
@@ -284,8 +305,8 @@ def finetune(
         model.train()
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         total, seen = 0.0, 0
-        bar = progress(_loader(dataset, s.batch_size, seed, epoch, s.workers, device),
-                   desc=f"epoch {epoch}/{s.epochs}", unit="batch", mininterval=5)
+        bar = progress(_epoch_batches(dataset, s.batch_size, seed, epoch, s.workers, device, n_steps),
+                   total=n_steps, desc=f"epoch {epoch}/{s.epochs}", unit="batch", mininterval=5)
         for imgs, levels in bar:
             x = to_float(imgs.to(device, non_blocking=True), s.input_size)
             x = normalize(augment(x, gen), s.channels_last)
@@ -335,7 +356,8 @@ def finetune(
                 "best_kappa": best["kappa"], "fingerprint": fingerprint,
             })
     model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "best_val_kappa": best["kappa"], "history": history}
+    return {"best_epoch": best["epoch"], "best_val_kappa": best["kappa"], "history": history,
+            "steps": s.epochs * n_steps}
 
 
 def write_history(path, history: list[dict]) -> None:
@@ -446,6 +468,7 @@ def run_finetune(
         "skipped": False,
         "n_train": int(len(train_levels)),
         "n_train_per_level": np.bincount(train_levels, minlength=N_LEVELS).tolist(),
+        "train_steps": int(fit["steps"]),
         "head": "regression-mse",
         "settings": asdict(s),
         "selected": {"epoch": fit["best_epoch"]},

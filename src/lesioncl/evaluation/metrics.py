@@ -31,13 +31,58 @@ def quadratic_kappa(y_true, y_pred) -> float:
     return float(cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=LEVELS))
 
 
+#: Bootstrap resamples behind every kappa's confidence interval (fixed seed: reproducible).
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def kappa_bootstrap_ci(
+    y_true, y_pred, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the quadratic kappa over the images.
+
+    The images are resampled with replacement ``samples`` times (a fixed seed, so the
+    interval is reproducible); resamples where kappa is undefined are left out.
+    Returns ``(low, high)``, or ``None`` when no resample has a defined kappa.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    n = len(y_true)
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))
+    # one confusion matrix per resample: bincount of (resample, truth, prediction)
+    codes = (np.arange(samples)[:, None] * N_LEVELS**2 + y_true[idx] * N_LEVELS + y_pred[idx]).ravel()
+    observed = np.bincount(codes, minlength=samples * N_LEVELS**2).reshape(samples, N_LEVELS, N_LEVELS)
+    observed = observed.astype(np.float64)
+    grid = np.arange(N_LEVELS)
+    weights = (grid[:, None] - grid[None, :]) ** 2 / (N_LEVELS - 1) ** 2
+    expected = observed.sum(2)[:, :, None] * observed.sum(1)[:, None, :] / n
+    denom = (weights * expected).sum((1, 2))
+    ok = denom > 0
+    if not ok.any():
+        return None
+    kappas = 1.0 - (weights * observed[ok]).sum((1, 2)) / denom[ok]
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(kappas, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def classification_metrics(y_true, y_pred) -> dict:
-    """Kappa, accuracy and the 5x5 confusion matrix (rows truth, columns prediction)."""
+    """Kappa with its 95 % bootstrap interval, accuracy and the 5x5 confusion matrix.
+
+    (confusion matrix: rows truth, columns prediction)
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     kappa = quadratic_kappa(y_true, y_pred)
+    ci = kappa_bootstrap_ci(y_true, y_pred)
     return {
         "kappa": None if math.isnan(kappa) else kappa,
+        "kappa_ci95": None if ci is None else list(ci),
         "accuracy": float(np.mean(y_true == y_pred)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LEVELS).tolist(),
         "n": int(len(y_true)),

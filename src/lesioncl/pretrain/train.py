@@ -74,7 +74,8 @@ from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_l
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std", "knn_kappa",
+                   "elapsed_s"]
 #: An epoch whose embeddings spread less than this fraction of 1/sqrt(proj_dim) (the std
 #: of uniformly spread unit vectors) counts as collapsed ...
 COLLAPSE_FRACTION = 0.05
@@ -85,7 +86,7 @@ MODES = ("lesion", "whole")
 # Settings that change how a run executes but not what it computes: not in the fingerprint.
 _OPERATIONAL = {
     "train_cache", "val_cache", "lesion_index", "out_dir", "checkpoint", "workers",
-    "checkpoint_every", "compile", "resume", "log_images",
+    "checkpoint_every", "compile", "resume", "log_images", "probe_size", "probe_k", "probe_max_train",
 }
 
 
@@ -124,6 +125,10 @@ class PretrainConfig:
     seed: int = 0
     resume: bool = True
     log_images: bool = True
+    # kNN probe on the val grades at every validated epoch (:mod:`.probe`); 0: off.
+    probe_size: int = 0  # input side (the evaluation's input_size)
+    probe_k: int = 20
+    probe_max_train: int = 5000  # training crops in the probe's memory bank at most
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -298,6 +303,12 @@ class Trainer:
         self.stop_requested = False
         self.resumed = cfg.resume and self.load_checkpoint(cfg.checkpoint_path)
         self.writer = self.open_writer()
+        self.probe = None
+        if cfg.probe_size and self.dist.is_main and cfg.val_cache:
+            from lesioncl.pretrain.probe import KNNProbe
+
+            self.probe = KNNProbe(cfg.train_cache, cfg.val_cache, cfg.probe_size, cfg.probe_k,
+                                  max_train=cfg.probe_max_train)
 
     # ---- construction --------------------------------------------------------------
     def build_datasets(self):
@@ -398,13 +409,21 @@ class Trainer:
             self.global_batch, self.local_batch, cfg.view_size,
         )
         previous = self._install_signal_handlers()
+        self.fit_start, self.fit_start_epoch = time.perf_counter(), self.epoch
+        elapsed_before = float(self.history[-1].get("elapsed_s", math.nan)) if self.history else 0.0
+        if not math.isfinite(elapsed_before):
+            elapsed_before = 0.0
         try:
             while self.epoch < cfg.epochs:
                 epoch = self.epoch
                 train_loss, spread, pairs_per_s, lr = self.train_epoch(epoch)
-                val_loss = self.validate(epoch) if self.is_val_epoch(epoch) else float("nan")
+                val_loss, knn = float("nan"), float("nan")
+                if self.is_val_epoch(epoch):
+                    val_loss = self.validate(epoch)
+                    knn = self.run_probe()
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                       "pairs_per_s": pairs_per_s, "embedding_std": spread}
+                       "pairs_per_s": pairs_per_s, "embedding_std": spread, "knn_kappa": knn,
+                       "elapsed_s": elapsed_before + time.perf_counter() - self.fit_start}
                 self.history.append(row)
                 self.epoch, self.step = epoch + 1, 0
                 self.partial = new_partial()
@@ -505,6 +524,13 @@ class Trainer:
         self.model.train()
         return total / max(1, count)
 
+    def run_probe(self) -> float:
+        """kNN kappa of the current backbone on the val grades (nan without a probe)."""
+        if self.probe is None:
+            return float("nan")
+        result = self.probe(self.module.backbone, self.device, self.cfg.amp, self.cfg.channels_last)
+        return result["knn_kappa"]
+
     def make_views(self, batch: torch.Tensor, epoch: int, step: int, stream: int) -> torch.Tensor:
         """uint8 (n, V, H, W, 3) -> augmented float (n, 2, 3, s, s) on the device, channels_last."""
         n = batch.shape[0]
@@ -565,14 +591,21 @@ class Trainer:
 
     # ---- logging -------------------------------------------------------------------
     def log_epoch(self, row: dict[str, float]) -> None:
-        msg = "epoch %d/%d: train loss %.4f, val loss %s, lr %.3g, %.0f pairs/s"
+        msg = "epoch %d/%d: train loss %.4f, val loss %s, kNN kappa %s, lr %.3g, %.0f pairs/s, elapsed %s, ETA %s"
         val = "-" if math.isnan(row["val_loss"]) else f"{row['val_loss']:.4f}"
-        log.info(msg, row["epoch"], self.cfg.epochs, row["train_loss"], val, row["lr"], row["pairs_per_s"])
+        knn = "-" if math.isnan(row.get("knn_kappa", math.nan)) else f"{row['knn_kappa']:.3f}"
+        done_here = row["epoch"] - self.fit_start_epoch
+        per_epoch = (time.perf_counter() - self.fit_start) / max(1, done_here)
+        eta = per_epoch * (self.cfg.epochs - row["epoch"])
+        log.info(msg, row["epoch"], self.cfg.epochs, row["train_loss"], val, knn, row["lr"], row["pairs_per_s"],
+                 format_seconds(row["elapsed_s"]), format_seconds(eta))
         if self.writer is not None:
             step = row["epoch"] * self.steps_per_epoch
             self.writer.add_scalar("epoch/train_loss", row["train_loss"], step)
             if not math.isnan(row["val_loss"]):
                 self.writer.add_scalar("epoch/val_loss", row["val_loss"], step)
+            if not math.isnan(row.get("knn_kappa", math.nan)):
+                self.writer.add_scalar("epoch/knn_kappa", row["knn_kappa"], step)
             self.writer.add_scalar("epoch/pairs_per_s", row["pairs_per_s"], step)
             self.writer.flush()
         if self.dist.is_main:
@@ -703,6 +736,18 @@ class Trainer:
             signal.signal(sig, handler)
 
 
+def format_seconds(seconds: float) -> str:
+    """'1h02m', '4m05s' or '12s'."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def new_partial() -> dict[str, float]:
     """Running sums of the epoch in progress (saved in checkpoints for mid-epoch resume)."""
     return {"loss_sum": 0.0, "spread_sum": 0.0, "steps": 0, "seconds": 0.0}
@@ -750,7 +795,16 @@ def plot_history(
     ax.set_ylabel("contrastive loss (NT-Xent)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    knn = [(r["epoch"], r["knn_kappa"]) for r in history if math.isfinite(r.get("knn_kappa", math.nan))]
+    if knn:  # the kNN probe's val kappa on a second axis
+        ax2 = ax.twinx()
+        (line,) = ax2.plot(*zip(*knn), "s-", color="C3", label="kNN probe: val kappa")
+        ax2.set_ylabel("kNN probe: validation kappa", color="C3")
+        ax2.set_ylim(min(0.0, min(k for _, k in knn)) - 0.05, 1.0)
+        handles.append(line)
+        labels.append(line.get_label())
+    ax.legend(handles, labels, loc="upper right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

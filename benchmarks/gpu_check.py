@@ -202,9 +202,10 @@ def section_pretrain(spec: dict) -> dict:
             if not _is_oom(err) or batch < 4:
                 raise
             oom_at.append(batch)
-            batch //= 2
-            print(f"out of memory at batch {oom_at[-1]}: retrying with {batch}", flush=True)
-            _free_memory()
+        # out of the except clause: the traceback, and the tensors its frames hold, are gone
+        batch //= 2
+        print(f"out of memory at batch {oom_at[-1]}: retrying with {batch}", flush=True)
+        _free_memory()
 
 
 def _pretrain(spec: dict, batch: int, amp: bool, channels_last: bool, compile_: bool) -> dict:
@@ -489,6 +490,8 @@ def environment(device: str) -> dict:
         "numpy": np.__version__, "cuda_runtime": torch.version.cuda, "cpu_count": os.cpu_count(),
         "device": device, "machine": platform.machine(),
     }
+    if os.path.isdir("/dev/shm"):  # DataLoader workers hand batches over through it
+        env["dev_shm_gib"] = round(shutil.disk_usage("/dev/shm").total / GIB, 1)
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1),

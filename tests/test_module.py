@@ -98,13 +98,18 @@ def test_module_runs_a_real_job_in_its_own_folder(tmp_path):
         config["synthetic"]["workers"] = 1
 
     folder = deploy(tmp_path / "deployed", small)
-    snakemake_in(folder, "--cores", "1", "results/synthetic/idrid_truth.csv")
+    proc = snakemake_in(folder, "--cores", "1", "results/synthetic/idrid_truth.csv")
     truth = (folder / "results/synthetic/idrid_truth.csv").read_text().splitlines()
     assert len(truth) == 1 + 3, truth  # header + 2 training + 1 testing image
     assert (folder / "results/synthetic/qc_idrid.png").stat().st_size > 0
     assert sorted(p.name for p in (folder / "results/synthetic/idrid").rglob("IDRiD_*.jpg"))
     log = folder / "logs/synthetic_idrid/synthetic_idrid.log"
     assert log.is_file() and log.stat().st_size > 0
+    # stderr is not a terminal here (as in a SLURM job's output): plain progress lines,
+    # no carriage returns, and the same lines in the rule's log
+    done = re.compile(r"lesioncl\.progress: .+: done, 3 img in \d+:\d\d:\d\d")
+    assert "\r" not in proc.stderr and done.search(proc.stderr), proc.stderr[-3000:]
+    assert done.search(log.read_text()), log.read_text()[-3000:]
     # the report opens with the workflow description: the static one until rule
     # report_front_page has written this run's front page, then that one
     snakemake_in(folder, "--report", "report.html", "results/synthetic/idrid_truth.csv")

@@ -2,6 +2,11 @@
 # MMDetection 3.x, its config generated in Python from config["detector"]. Trains on
 # results/idrid/coco_train.json, publishes a plain state_dict + the mmdet config, and
 # evaluates the published model on the testing set (COCO bbox metrics).
+#
+# Resume: mmengine trains in results/detector/checkpoints/ and saves its state there
+# after every epoch. It is not a declared output on purpose (Snakemake deletes the
+# outputs of a failed job); a rerun after a time limit continues from the last epoch
+# when the settings and data are unchanged, and the job removes it after success.
 
 _DET = config["detector"]
 

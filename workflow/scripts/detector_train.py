@@ -22,6 +22,8 @@ try:
         seed=snakemake.params.seed,  # noqa: F821
         device=snakemake.params.device,  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
+        # beside the outputs, not one of them (kept when a failed job's outputs are deleted)
+        resume_dir=str(Path(snakemake.output.model).with_name("checkpoints")),  # noqa: F821
     )
 except Exception:
     log.exception("rule detector_train failed")

@@ -79,12 +79,16 @@ def mmdet_config_dict(
     backbone_checkpoint: str | None = None,
     tensorboard_dir: str | None = None,
     classes: tuple[str, ...] = CLASSES,
+    resume_checkpoints: bool = False,
 ) -> dict[str, Any]:
     """The complete MMDetection config as nested dicts.
 
     ``hp`` is the workflow's ``detector`` section. ``backbone_checkpoint`` is the
     torchvision-format ResNet state_dict to initialise the backbone from (None: random).
     Image folders end with ``/`` (mmdet joins them with the COCO ``file_name``).
+    ``resume_checkpoints``: mmengine saves a full training state in ``work_dir`` after
+    every epoch (the last two kept), from which an interrupted run resumes
+    (:func:`lesioncl.detector.train.train_detector`).
     """
     arch = hp["backbone"]
     if arch not in DEPTHS:
@@ -309,9 +313,14 @@ def mmdet_config_dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=int(hp["log_interval"])),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            # The final weights are published as a plain state_dict by train.py;
-            # mmengine's pickled checkpoints are not needed.
-            checkpoint=None,
+            # The final weights are published as a plain state_dict by train.py; the
+            # per-epoch training states (optimizer, schedulers, loop position) only
+            # serve to resume, and are deleted after the run.
+            checkpoint=(
+                dict(type="CheckpointHook", interval=1, by_epoch=True, max_keep_ckpts=2, save_last=True)
+                if resume_checkpoints
+                else None
+            ),
             sampler_seed=dict(type="DistSamplerSeedHook"),
             visualization=dict(type="DetVisualizationHook"),
         ),

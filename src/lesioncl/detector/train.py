@@ -16,19 +16,31 @@
    mAP@[.5:.95], mAP@0.5, mAP@0.75 and per-class AP),
 7. draws the training curves and per-class AP@0.5.
 
-No mmengine checkpoint is written or read, so no pickled object has to be trusted.
+Resume after a time limit or preemption: mmengine trains in ``resume_dir`` (not a
+Snakemake output, so Snakemake keeps it when it deletes a failed job's outputs) and
+saves its full training state there after every epoch. A rerun with the same
+hyper-parameters and data (``resume.json`` records them) resumes from the last saved
+epoch (``resumed from ...`` in the log), so a limit costs at most the epoch in
+progress; with other settings it starts over. Those checkpoints hold pickled objects
+(optimizer, schedulers, mmengine's message hub), so ``torch.load`` runs with
+``weights_only=False`` for files inside ``resume_dir`` only, in this process only,
+while mmengine resumes. After training, the logs and TensorBoard events are copied to
+``work_dir``, the checkpoints deleted with ``resume_dir``, and the published model is
+the plain state_dict as before (read with ``weights_only=True`` everywhere else).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -83,6 +95,74 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+RESUME_RECORD = "resume.json"
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def resume_checkpoint(state_dir: Path, record: Mapping[str, Any]) -> Path | None:
+    """The checkpoint an interrupted run left in ``state_dir`` for the same ``record``
+    (hyper-parameters, seed, data); None to start over (``state_dir`` is then emptied
+    and ``record`` written)."""
+    saved = state_dir / RESUME_RECORD
+    found = None
+    if saved.is_file():
+        try:
+            same = json.loads(saved.read_text()) == json.loads(json.dumps(record))
+        except ValueError:
+            same = False
+        pointer = state_dir / "last_checkpoint"  # written by mmengine after each save
+        if not same:
+            log.warning("%s: the interrupted run used other settings or data; starting over", state_dir)
+        elif pointer.is_file():
+            named = Path(pointer.read_text().strip())
+            for candidate in (named, state_dir / named.name):
+                if candidate.is_file():
+                    found = candidate
+                    break
+    if found is not None:
+        return found
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    (state_dir / RESUME_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return None
+
+
+@contextlib.contextmanager
+def trust_checkpoints_in(folder: str | os.PathLike) -> Iterator[None]:
+    """Let ``torch.load`` unpickle (``weights_only=False``) files inside ``folder`` only:
+    mmengine's own resume checkpoints, written by this workflow in its results. Every
+    other load keeps torch's safe default; the patch lives only while the block runs."""
+    root = Path(folder).resolve()
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and Path(f).resolve().is_relative_to(root):
+            kwargs["weights_only"] = False
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def merged_scalars(state_dir: Path) -> list[dict[str, Any]]:
+    """mmengine's scalars.json of every (resumed) run in ``state_dir``, in order, a
+    logged step of a later run replacing the same step of an earlier one."""
+    records: dict[tuple[bool, int], dict[str, Any]] = {}
+    for path in sorted(state_dir.glob("*/vis_data/scalars.json")):  # run folders: timestamps
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records[("coco/bbox_mAP_50" in rec, int(rec["step"]))] = rec
+    return [records[k] for k in sorted(records, key=lambda k: (k[0], k[1]))]
+
+
 def train_detector(
     hp: Mapping[str, Any],
     *,
@@ -98,8 +178,13 @@ def train_detector(
     seed: int = 0,
     device: str = "auto",
     threads: int = 1,
+    resume_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train, publish and evaluate the detector (see the module docstring)."""
+    """Train, publish and evaluate the detector (see the module docstring).
+
+    ``resume_dir``: where mmengine trains and keeps its resume checkpoints (default:
+    ``<work_dir>_checkpoints`` beside ``work_dir``).
+    """
     from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
 
@@ -118,19 +203,23 @@ def train_detector(
     seed_everything(seed)
 
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    backbone_file = prepare_backbone_init(hp, work / "backbone_init.pth")
+    state = Path(resume_dir) if resume_dir else work.with_name(f"{work.name}_checkpoints")
+    record = {"detector": {k: hp[k] for k in sorted(hp)}, "seed": seed,
+              "train": _file_digest(train_ann), "test": _file_digest(test_ann)}
+    resume_from = resume_checkpoint(state, record)
+    backbone_file = prepare_backbone_init(hp, state / "backbone_init.pth")
     cfg = build_mmdet_config(
         hp,
         train_ann=str(train_ann),
         train_images=str(train_images),
         test_ann=str(test_ann),
         test_images=str(test_images),
-        work_dir=str(work),
+        work_dir=str(state),
         seed=seed,
         backbone_checkpoint=backbone_file,
-        tensorboard_dir=str(work / "tb"),
+        tensorboard_dir=str(state / "tb"),
         classes=classes,
+        resume_checkpoints=True,
     )
     with atomic_path(out_config) as tmp:
         tmp.write_text(cfg.pretty_text)  # what Config.dump writes for a .py file
@@ -140,6 +229,10 @@ def train_detector(
         "training Faster R-CNN %s-FPN (init %s) on %d images, %d epochs x ~%d iterations, device %s",
         hp["backbone"], hp["init"], n_train, hp["epochs"], iters_per_epoch, device,
     )
+    if resume_from is not None:
+        cfg.resume, cfg.load_from = True, str(resume_from)
+        log.info("resumed from %s (%s of %d epochs done)", resume_from,
+                 resume_from.stem.removeprefix("epoch_"), int(hp["epochs"]))
     runner = Runner.from_cfg(cfg)
     # mmengine's logger does not propagate: copy its training lines into our log file too
     shared = [h for h in logging.getLogger().handlers
@@ -148,7 +241,8 @@ def train_detector(
         runner.logger.addHandler(handler)
     start = time.time()
     try:
-        runner.train()
+        with trust_checkpoints_in(state):
+            runner.train()
     finally:
         for handler in shared:
             runner.logger.removeHandler(handler)
@@ -156,8 +250,14 @@ def train_detector(
     log.info("training took %.0f s", train_seconds)
     with atomic_path(out_model) as tmp:
         torch.save(plain_state_dict(runner.model), tmp)
-    scalars = Path(runner.log_dir) / "vis_data" / "scalars.json"
     del runner
+    # publish the logs of every (resumed) run, not the checkpoints; then drop the state
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(state, work, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.pth", "last_checkpoint", RESUME_RECORD))
+    scalars = work / "scalars.json"
+    scalars.write_text("".join(json.dumps(rec) + "\n" for rec in merged_scalars(state)))
+    shutil.rmtree(state)
 
     metrics = evaluate_detector(out_config, out_model, test_ann, test_images, device=device,
                                 workers=int(hp["workers"]))

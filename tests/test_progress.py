@@ -148,6 +148,17 @@ def test_switches(monkeypatch, captured):
         progress(range(3))
 
 
+def test_short_inner_loops_without_leave_stay_quiet(captured):
+    """Epochs of a long run (leave=False; the trainer logs each epoch itself): a final line
+    only for an epoch long enough to have had a periodic one."""
+    logger, logged = captured
+    _run(3, FakeClock(1.0), desc="epoch 1/500", leave=False, interval=30, stream=io.StringIO(), logger=logger)
+    assert logged.getvalue() == ""
+    _run(40, FakeClock(1.0), desc="epoch 2/500", leave=False, interval=30, stream=io.StringIO(), logger=logger)
+    assert [line.split(",")[0] for line in logged.getvalue().splitlines()] == [
+        "epoch 2/500: 30/40 it (75%)", "epoch 2/500: done"]
+
+
 def test_format_duration():
     assert format_duration(3725.4) == "1:02:05"
     assert format_duration(float("nan")) == "?"

@@ -9,6 +9,9 @@
       epoch 3/500: 120/400 step (30%), 4.1 step/s, elapsed 0:00:29, ETA 0:01:08, loss=4.7
       epoch 3/500: done, 400 step in 0:01:37 (4.1 step/s), loss=4.6
 
+  (a loop created with ``leave=False``, e.g. one epoch of many that its caller logs
+  itself, writes its final line only when it ran long enough for a periodic one);
+
   Snakemake scripts call :func:`lesioncl.utils.setup_logging` with the rule's log, so the
   lines reach ``logs/<rule>/...``; when stderr is not a terminal (a log file, a SLURM
   job's output) they are also what stderr gets, instead of carriage-return floods. While
@@ -107,6 +110,8 @@ class Progress:
         self.start = clock()
         self.last_line = self.start
         self.closed = False
+        self.leave = leave
+        self.lines = 0  # periodic lines written
         self.bar = None
         stream = sys.stderr if stream is None else stream
         if not self.disable and (mode == "bar" or (mode == "auto" and _is_tty(stream))):
@@ -146,6 +151,7 @@ class Progress:
         now = self.clock()
         if now - self.last_line >= self.interval:
             self.last_line = now
+            self.lines += 1
             self._emit(self.line(now))
 
     def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
@@ -160,7 +166,7 @@ class Progress:
         self.closed = True
         if self.bar is not None:
             self.bar.close()
-        if not self.disable:
+        if not self.disable and (self.leave or self.lines):
             self._emit(self.final_line(self.clock()))
 
     # ---- plain lines ---------------------------------------------------------------

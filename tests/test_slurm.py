@@ -14,6 +14,7 @@ stopping snakemake with Ctrl-C cancels its running SLURM jobs.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -308,3 +309,55 @@ def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
     assert f"resuming from {checkpoint.relative_to(work)} after epoch {done}" in log, log[:3000]
     assert _epochs_in(results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv") == list(range(1, 61))
     assert not checkpoint.exists()
+
+
+@needs_slurm
+def test_time_limit_then_rerun_resumes_detector_training(cluster, profile, tmp_path):
+    """The detector (mmengine) stopped by its SLURM time limit resumes from the last
+    epoch it saved in results/detector/checkpoints (not an output, so Snakemake keeps
+    it); every iteration is trained once and the published model is a plain state_dict."""
+    from test_detector import make_coco
+
+    work = tmp_path / "run"
+    idrid = work / "results" / "idrid"
+    make_coco(idrid, "train", 24, seed=0)  # 12 iterations an epoch, ~0.3 s each on one core
+    make_coco(idrid, "test", 2, seed=1)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["device"] = "cpu"
+    epochs = 40  # 480 iterations: past a 1-minute limit
+    config["detector"].update(epochs=epochs, lr_steps=[], warmup_iters=1, img_scale=[128, 96], workers=0,
+                              fpn_channels=16, roi_fc_channels=32, rpn_batch=32, roi_batch=32, batch_size=2,
+                              val_interval=1000, log_interval=1)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = "results/detector/model.pth"
+    only = ("--allowed-rules", "detector_train")
+
+    first = run_snakemake_slurm(cluster, work, profile, target, *only, "--set-threads", "detector_train=1",
+                                "--set-resources", "detector_train:runtime=1", configfile=configfile,
+                                timeout=600)
+    assert first.returncode != 0, first.stdout[-4000:]
+    (slurm_id, _), = [(s, j) for s, j in _submissions(first.stdout).items()]
+    assert jobs_by_id(cluster)[slurm_id]["state"] == "TIMEOUT", (jobs_by_id(cluster), first.stdout[-3000:])
+    state = work / "results" / "detector" / "checkpoints"
+    pointer = state / "last_checkpoint"
+    assert pointer.is_file(), (first.stdout[-3000:], sorted(p.name for p in state.glob("*")))
+    saved = pointer.read_text().strip()
+    done = int(Path(saved).stem.removeprefix("epoch_"))
+    assert 0 < done < epochs, saved
+    assert not (work / target).exists()
+
+    second = run_snakemake_slurm(cluster, work, profile, target, *only, "--set-threads", "detector_train=2",
+                                 configfile=configfile, timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:]
+    log = (work / "logs" / "detector_train" / "detector_train.log").read_text()
+    assert f"resumed from {saved} ({done} of {epochs} epochs done)" in log, log[:3000]
+    scalars = work / "results" / "detector" / "work" / "scalars.json"
+    steps = [json.loads(line)["step"] for line in scalars.read_text().splitlines()
+             if line.strip() and "coco/bbox_mAP_50" not in line]
+    assert steps == list(range(1, epochs * 12 + 1)), steps[:5] + steps[-5:]
+    import torch
+
+    state_dict = torch.load(work / target, map_location="cpu", weights_only=True)
+    assert state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
+    assert not state.exists()

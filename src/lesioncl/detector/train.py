@@ -157,9 +157,11 @@ def merged_scalars(state_dir: Path) -> list[dict[str, Any]]:
     records: dict[tuple[bool, int], dict[str, Any]] = {}
     for path in sorted(state_dir.glob("*/vis_data/scalars.json")):  # run folders: timestamps
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 rec = json.loads(line)
-                records[("coco/bbox_mAP_50" in rec, int(rec["step"]))] = rec
+            except ValueError:  # the last line of a run killed while writing it
+                continue
+            records[("coco/bbox_mAP_50" in rec, int(rec["step"]))] = rec
     return [records[k] for k in sorted(records, key=lambda k: (k[0], k[1]))]
 
 

@@ -361,3 +361,19 @@ def test_time_limit_then_rerun_resumes_detector_training(cluster, profile, tmp_p
     state_dict = torch.load(work / target, map_location="cpu", weights_only=True)
     assert state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
     assert not state.exists()
+
+
+@needs_slurm
+def test_gpu_job_without_a_usable_gpu_stops_at_once(cluster, profile, small_config, tmp_path, monkeypatch):
+    """device: auto in a job SLURM gave a GPU (here a fake one: CUDA_VISIBLE_DEVICES set,
+    no driver) stops at once with the driver and CUDA versions, instead of training on
+    the CPU. (The other tests accept the CPU: LESIONCL_CPU_FALLBACK=1 from the cluster's
+    environment.)"""
+    monkeypatch.setenv("LESIONCL_CPU_FALLBACK", "0")
+    work = tmp_path / "run"
+    proc = run_snakemake_slurm(cluster, work, profile, GPU_TARGET, configfile=small_config, timeout=900)
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    log = (work / "logs" / "detector_train" / "detector_train.log").read_text()
+    assert "this job was given GPUs" in log and "torch sees no CUDA GPU" in log, log[-3000:]
+    assert "NVIDIA driver: not found" in log and "device: cpu" in log, log[-3000:]
+    assert not (work / "results" / "detector" / "checkpoints").exists()  # stopped before training

@@ -57,7 +57,9 @@ def imagenet_weights_path(arch: str, weights: str | os.PathLike | None = None) -
         return cached
     raise FileNotFoundError(
         f"ImageNet weights for {arch} are not available offline: expected {cached}. "
-        f"Copy torchvision's {IMAGENET_FILES[arch]} there (or set TORCH_HOME), or name the "
+        f"Put torchvision's {IMAGENET_FILES[arch]} there once, on a machine with internet access "
+        f"and the same TORCH_HOME: python -c \"import torchvision.models as m; "
+        f"m.{arch}(weights='IMAGENET1K_V1')\" (README, 'Running on real data'); or name the "
         "file in the config's `weights`, or use init: random."
     )
 

@@ -62,6 +62,34 @@ if [ "$FORCE_CUDA" = "1" ]; then
     [ -f "$CUDA_HOME/include/cuda_runtime.h" ] || [ -f "$CUDA_HOME/targets/$(uname -m)-linux/include/cuda_runtime.h" ] ||
         cuda_fail "CUDA_HOME=$CUDA_HOME has no include/cuda_runtime.h (conda: add cuda-cudart-dev): set CUDA_HOME to the toolkit"
     export CUDA_HOME
+    # torch's CUDA headers include the math libraries' (cusparse.h, cublas_v2.h, ...), which a
+    # minimal toolkit (nvcc + cudart) lacks; torch's nvidia-* wheels ship them: put those
+    # folders on CPATH, which gcc and nvcc's preprocessing read.
+    cuda_header() { [ -f "$CUDA_HOME/include/$1" ] || [ -f "$CUDA_HOME/targets/$(uname -m)-linux/include/$1" ]; }
+    missing=""
+    for header in cusparse.h cublas_v2.h cublasLt.h cusolverDn.h; do cuda_header "$header" || missing="$missing $header"; done
+    if [ -n "$missing" ]; then
+        # shellcheck disable=SC2086  # one argument per header
+        wheel_includes=$("$PY" - $missing <<'PYTHON'
+import glob, os, sys
+try:
+    import nvidia  # the namespace package of torch's nvidia-* wheels
+except ImportError:
+    sys.exit()
+folders = []
+for name in sys.argv[1:]:
+    hits = [h for base in nvidia.__path__ for h in sorted(glob.glob(os.path.join(base, "**", "include", name), recursive=True))]
+    if hits and os.path.dirname(hits[0]) not in folders:
+        folders.append(os.path.dirname(hits[0]))
+    if not hits:
+        sys.exit(f"no {name}")
+print(os.pathsep.join(folders))
+PYTHON
+        ) || wheel_includes=""
+        [ -n "$wheel_includes" ] || cuda_fail "neither CUDA_HOME=$CUDA_HOME nor torch's nvidia-* wheels hold$missing: install the CUDA math libraries' headers (conda: libcublas-dev, libcusparse-dev, libcusolver-dev)"
+        export CPATH="$wheel_includes${CPATH:+:$CPATH}"
+        echo "headers$missing: not in CUDA_HOME, taken from torch's nvidia wheels ($wheel_includes)" >&2
+    fi
     # The GPUs to compile for: the visible ones, else every architecture torch was built for
     # (several times longer): name yours, e.g. TORCH_CUDA_ARCH_LIST="9.0" for an H100/H200.
     if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then

@@ -380,6 +380,8 @@ def test_new_style_api_token_lookup(no_kaggle_env, monkeypatch):
     assert creds.source == str(token) and creds.username is None
     monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_fedcba9876543210")
     assert find_kaggle_credentials().source == "the variable KAGGLE_API_TOKEN"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "K" * 5000)  # longer than any path may be
+    assert find_kaggle_credentials().source == "the variable KAGGLE_API_TOKEN"
     elsewhere = home / "token.txt"
     elsewhere.write_text("KGAT_1\n")
     monkeypatch.setenv("KAGGLE_API_TOKEN", str(elsewhere))

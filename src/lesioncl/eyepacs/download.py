@@ -92,7 +92,11 @@ def find_access_token(environ: Mapping[str, str] | None = None,
     value = (env.get("KAGGLE_API_TOKEN") or "").strip()
     candidates = []
     if value:
-        if not Path(value).expanduser().exists():
+        try:
+            is_file = Path(value).expanduser().exists()
+        except (OSError, ValueError):  # a token too long (or odd) to be a path
+            is_file = False
+        if not is_file:
             return KaggleCredentials("the variable KAGGLE_API_TOKEN", None)
         candidates.append((Path(value).expanduser(), "the file named by KAGGLE_API_TOKEN"))
     candidates += [(home / ".kaggle" / name, None) for name in ("access_token", "access_token.txt")]

@@ -103,7 +103,7 @@ GIB = 2**30
 def write_synthetic_cache(folder: Path, settings: dict) -> dict:
     """Crop caches (train, val) and a lesion index in the pipeline's formats; returns their paths.
 
-    ``K`` distinct fundus-like crops with their lesion boxes are drawn once and tiled over
+    32 distinct fundus-like crops with their lesion boxes are drawn once and tiled over
     the N rows (writing N distinct images would cost minutes at the paper's scale).
     """
     import numpy as np
@@ -459,6 +459,9 @@ def run_section(spec: dict, timeout_s: float, log_path: Path) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)  # the section and its DataLoader workers
             proc.wait()
             status = "timeout"
+        except BaseException:  # the check itself was stopped (SIGTERM, Ctrl-C): stop the section too
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     seconds = time.perf_counter() - t0
     result_path = Path(spec["result_path"])
     if status is None and result_path.is_file():
@@ -604,6 +607,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+
+    def stop(signum, frame):  # noqa: ARG001 - SIGTERM (e.g. `timeout`): write the JSON on the way out
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     import torch
 
     start = time.time()

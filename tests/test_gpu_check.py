@@ -79,3 +79,27 @@ def test_a_failing_or_overrunning_section_is_recorded(tmp_path):
     assert result["status"] == "timeout" and result["time_limit_s"] == 0.5
     rows = gpu_check.table_rows({"features": result})
     assert rows[0]["status"] == "timeout" and "time limit" in rows[0]["notes"]
+
+
+@pytest.mark.timeout(300)
+def test_stopped_check_still_writes_its_json(tmp_path):
+    """SIGTERM (e.g. `timeout` around the GPU run) mid-section: the JSON holds what was done."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "check.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if out.is_file() and "data" in json.loads(out.read_text())["sections"]:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # the first section's process is running now
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout
+    report = json.loads(out.read_text())
+    assert not report["finished"] and report["sections"]["data"]["status"] == "ok"
+    assert "pretrain_fp32" not in report["sections"] and f"wrote {out}" in stdout

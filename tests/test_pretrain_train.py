@@ -248,3 +248,16 @@ def test_knn_probe_grades_a_learnable_cache(tmp_path):
     result = probe(backbone, torch.device("cpu"))
     assert result["knn_kappa"] > 0.8, result
     assert backbone.training  # its mode is restored
+
+
+def test_optimizers(toy, tmp_path):
+    from lesioncl.pretrain.train import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    sgd = build_optimizer(model, make_cfg(toy, tmp_path / "a", weight_decay=0.1))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
+    adamw = build_optimizer(model, make_cfg(toy, tmp_path / "b", optimizer="adamw", weight_decay=0.1, lr=0.002))
+    decays = sorted((g["weight_decay"], len(g["params"])) for g in adamw.param_groups)
+    assert isinstance(adamw, torch.optim.AdamW) and decays == [(0.0, 3), (0.1, 1)]  # only the weight matrix
+    with pytest.raises(ValueError, match="optimizer"):
+        make_cfg(toy, tmp_path / "c", optimizer="lamb")

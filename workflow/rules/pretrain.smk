@@ -38,6 +38,7 @@ _PT_PARAMS = {
         "init",
         "weights",
         "epochs",
+        "optimizer",
         "lr",
         "momentum",
         "nesterov",

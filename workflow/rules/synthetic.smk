@@ -24,6 +24,7 @@ rule synthetic_eyepacs:
         bad_files=_SYN["eyepacs"]["bad_files"],
         grade_distribution=_SYN["eyepacs"]["grade_distribution"],
         public_fraction=_SYN["eyepacs"]["public_fraction"],
+        texture=_SYN["texture"],
     log:
         f"{LOGS}/synthetic_eyepacs/synthetic_eyepacs.log",
     benchmark:
@@ -53,6 +54,7 @@ rule synthetic_idrid:
         n_test=_SYN["idrid"]["n_test"],
         height=_SYN["idrid"]["height"],
         grade_distribution=_SYN["idrid"]["grade_distribution"],
+        texture=_SYN["texture"],
     log:
         f"{LOGS}/synthetic_idrid/synthetic_idrid.log",
     benchmark:

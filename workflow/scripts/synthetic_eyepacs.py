@@ -19,4 +19,5 @@ generate_eyepacs(
     grade_distribution=p.grade_distribution,
     public_fraction=p.public_fraction,
     workers=snakemake.threads,  # noqa: F821
+    texture=p.texture,
 )

@@ -15,4 +15,5 @@ generate_idrid(
     height=p.height,
     grade_distribution=p.grade_distribution,
     workers=snakemake.threads,  # noqa: F821
+    texture=p.texture,
 )

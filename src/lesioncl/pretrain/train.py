@@ -83,6 +83,7 @@ COLLAPSE_FRACTION = 0.05
 #: zero contrastive gradient and does not come back).
 COLLAPSE_PATIENCE = 3
 MODES = ("lesion", "whole")
+OPTIMIZERS = ("sgd", "adamw")
 # Settings that change how a run executes but not what it computes: not in the fingerprint.
 _OPERATIONAL = {
     "train_cache", "val_cache", "lesion_index", "out_dir", "checkpoint", "workers",
@@ -107,6 +108,7 @@ class PretrainConfig:
     epochs: int = 1000
     batch_size: int = 768  # global, all ranks together
     lr: float = 0.02
+    optimizer: str = "sgd"  # sgd (the paper) | adamw
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -131,6 +133,8 @@ class PretrainConfig:
     probe_max_train: int = 5000  # training crops in the probe's memory bank at most
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
         if self.mode == "lesion" and not self.lesion_index:
@@ -245,6 +249,22 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def build_optimizer(model: nn.Module, cfg: "PretrainConfig") -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or AdamW (``momentum`` is its beta1).
+
+    Weight decay applies to the weights of convolutions and linear layers only under
+    AdamW (decaying BatchNorm scales and biases hurts small-batch training); SGD decays
+    every parameter, as the paper's recipe does.
+    """
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
 class TrainingInterrupted(RuntimeError):
     """The job was asked to stop (SIGTERM/SIGUSR1); a resume checkpoint was written."""
 
@@ -286,10 +306,7 @@ class Trainer:
         self.model = self.wrap_model(self.module)
         self.criterion = SupConLoss(cfg.temperature)
         self.augment = ViewAugment(cfg.view_size)
-        self.optimizer = torch.optim.SGD(
-            self.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.module, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch)
         )

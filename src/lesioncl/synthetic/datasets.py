@@ -99,13 +99,13 @@ def _lesion_rows(name: str, rendered: Rendered) -> list[dict]:
 
 
 def _draw(seed: int, dataset: int, number: int, grade: int, geometry_fn: Callable,
-          rich: bool) -> Rendered:
+          rich: bool, texture: bool = True) -> Rendered:
     """One image: the look from its own stream, the lesions from the grade's."""
     look = _rng(seed, dataset, _LOOK, number)
     geom = geometry_fn(look)
     counts = sample_lesion_counts(grade, _rng(seed, dataset, _COUNTS, number), rich=rich)
     rendered = render_fundus(geom, counts, look, _rng(seed, dataset, _LESIONS, number),
-                             spread_haemorrhages=haemorrhage_spread_needed(grade))
+                             spread_haemorrhages=haemorrhage_spread_needed(grade), texture=texture)
     drawn = icdr_grade(rendered.counts(), rendered.haemorrhage_quadrants())
     if drawn != grade:  # the sampler and the placement guarantee it; a bug otherwise
         raise AssertionError(f"synthetic image {number}: drew grade {drawn} for target {grade} "
@@ -224,7 +224,7 @@ def plan_eyepacs(seed: int, n_train: int, n_test: int,
 
 
 def _eyepacs_job(args) -> tuple[dict, list[dict]]:
-    record, seed, min_height, max_height, folder = args
+    record, seed, min_height, max_height, folder, texture = args
     record = EyepacsRecord(**record)
     path = Path(folder) / record.split / f"{record.image}.jpeg"
     geom_fn = lambda rng: eyepacs_geometry(rng, min_height, max_height, record.eye)  # noqa: E731
@@ -235,7 +235,7 @@ def _eyepacs_job(args) -> tuple[dict, list[dict]]:
         path.write_bytes(data)
         return _truth_row(record.image, record.split, record.usage, record.level, None,
                           geom.width, geom.height, record.bad), []
-    rendered = _draw(seed, _EYEPACS, record.number, record.level, geom_fn, rich=False)
+    rendered = _draw(seed, _EYEPACS, record.number, record.level, geom_fn, rich=False, texture=texture)
     data = _jpeg(rendered.image, EYEPACS_JPEG_QUALITY)
     if record.bad == "truncated_jpeg":
         keep = _rng(seed, _EYEPACS, _DAMAGE, record.number).uniform(0.4, 0.7)
@@ -251,7 +251,7 @@ def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
                      *, seed: int = 0, n_train: int = 240, n_test: int = 160, min_height: int = 360,
                      max_height: int = 560, bad_files: bool = True,
                      grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
-                     public_fraction: float = 0.4, workers: int = 1) -> dict:
+                     public_fraction: float = 0.4, workers: int = 1, texture: bool = True) -> dict:
     """Write an EyePACS-like raw set in the Kaggle layout.
 
     ``out_dir`` gets ``train/*.jpeg``, ``trainLabels.csv`` (image,level),
@@ -272,7 +272,7 @@ def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
     with _Staging(out_dir) as tmp:
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
-        jobs = [(asdict(r), seed, min_height, max_height, str(tmp)) for r in records]
+        jobs = [(asdict(r), seed, min_height, max_height, str(tmp), texture) for r in records]
         for row, boxes in _map(_eyepacs_job, jobs, workers, "synthetic EyePACS"):
             truth.append(row)
             lesions.extend(boxes)
@@ -360,9 +360,10 @@ def idrid_paths(root: str | os.PathLike, split: str, number: int) -> tuple[Path,
 
 
 def _idrid_job(args) -> dict:
-    number, split, grade, seed, height, folder = args
+    number, split, grade, seed, height, folder, texture = args
     eye = "right" if _rng(seed, _IDRID, _PLAN, number).random() < 0.5 else "left"
-    rendered = _draw(seed, _IDRID, number, grade, lambda rng: idrid_geometry(rng, height, eye), rich=True)
+    rendered = _draw(seed, _IDRID, number, grade, lambda rng: idrid_geometry(rng, height, eye), rich=True,
+                     texture=texture)
     image_path, mask_paths = idrid_paths(folder, split, number)
     image_path.write_bytes(_jpeg(rendered.image, IDRID_JPEG_QUALITY))
     written = []
@@ -382,7 +383,8 @@ def _idrid_job(args) -> dict:
 def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | None = None,
                    qc_png: str | os.PathLike | None = None, *, seed: int = 0, n_train: int = 40,
                    n_test: int = 16, height: int = 640,
-                   grade_distribution: Sequence[float] = DEFAULT_IDRID_GRADES, workers: int = 1) -> dict:
+                   grade_distribution: Sequence[float] = DEFAULT_IDRID_GRADES, workers: int = 1,
+                   texture: bool = True) -> dict:
     """Write an IDRiD-like "A. Segmentation" set under ``out_dir``.
 
     Images ``IDRiD_01 .. IDRiD_{n_train}`` are the training set and the testing set
@@ -407,7 +409,7 @@ def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | No
             (tmp / IDRID_ROOT / IDRID_IMAGES / IDRID_SETS[split]).mkdir(parents=True)
             for path in masks.values():
                 path.parent.mkdir(parents=True)
-        jobs = [(i + 1, "train" if i < n_train else "test", g, seed, height, str(tmp))
+        jobs = [(i + 1, "train" if i < n_train else "test", g, seed, height, str(tmp), texture)
                 for i, g in enumerate(grades)]
         rows = list(_map(_idrid_job, jobs, workers, "synthetic IDRiD"))
         if qc_png is not None:

@@ -566,12 +566,33 @@ def _paint_macula(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> 
 # --------------------------------------------------------------------------- the photograph
 
 
+#: Fine fundus texture (choroidal pattern, nerve-fibre sheen): band-limited noise per
+#: image, as (feature size in px at a 512-px field of view, relative amplitude).
+FINE_TEXTURE = ((3.0, 0.035), (7.0, 0.04))
+
+
+def _fine_texture(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndarray:
+    """1 + band-limited noise at the scales of :data:`FINE_TEXTURE` (float32, H x W).
+
+    Real photographs carry such per-image fine structure, which makes two windows of
+    one image recognisable as such; the smooth synthetic background alone does not.
+    """
+    texture = np.ones((h, w), np.float32)
+    for size, amplitude in FINE_TEXTURE:
+        cells = (max(4, round(h / (size * s))), max(4, round(w / (size * s))))
+        texture += np.float32(amplitude) * _smooth_noise(rng, h, w, cells)
+    return texture
+
+
 def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Generator,
-                  lesion_rng: np.random.Generator, spread_haemorrhages: bool = False) -> Rendered:
+                  lesion_rng: np.random.Generator, spread_haemorrhages: bool = False,
+                  texture: bool = True) -> Rendered:
     """Draw one fundus photograph with the given lesions.
 
     ``look_rng`` decides everything but the lesions (it must not depend on the
-    grade); ``lesion_rng`` shapes and places the lesions.
+    grade); ``lesion_rng`` shapes and places the lesions. ``texture``: add the fine
+    per-image texture (:data:`FINE_TEXTURE`); its draws come last from ``look_rng``,
+    so the rest of an image's look is the same either way.
     """
     H, W = geom.height, geom.width
     s = geom.scale
@@ -608,6 +629,8 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     noise_in = look_rng.uniform(1.0, 3.5)
     noise_bg = look_rng.uniform(0.5, 1.5)
     noise = _sensor_noise(look_rng, (H, W, 3))
+    if texture:
+        albedo *= _fine_texture(look_rng, H, W, s)[..., None]
 
     lesions = draw_lesions(geom, counts, lesion_rng, spread_haemorrhages)
     paint_lesions(albedo, lesions)

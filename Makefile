@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
 
 test: setup
-	$(PY) -m pytest -v $(PYTEST_ARGS)
+	$(PY) -m pytest -v --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)

@@ -110,7 +110,11 @@ def test_figures(result_files, tmp_path):
     plot_confusion_matrices(raw, METHODS, ["linear", "finetune"], tmp_path / "cm.png")
     pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [5.0, 4.0, 3.5], "val_loss": [np.nan, 4.2, np.nan],
                   "lr": [0.1] * 3, "pairs_per_s": [1.0] * 3}).to_csv(tmp_path / "h.csv", index=False)
-    plot_pretrain_curves({"lesion_cl": tmp_path / "h.csv"}, tmp_path / "pre.png")
+    plot_pretrain_curves({"lesion_cl": tmp_path / "h.csv"}, tmp_path / "pre.png")  # an older history
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [5.0, 4.0], "val_loss": [np.nan, 4.2],
+                  "knn_kappa": [np.nan, 0.3]}).to_csv(tmp_path / "h2.csv", index=False)
+    plot_pretrain_curves({"lesion_cl": tmp_path / "h2.csv"}, tmp_path / "pre2.png")
+    assert (tmp_path / "pre2.png").stat().st_size > 1000
     pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.0, 0.8], "val_kappa": [0.2, 0.4],
                   "val_accuracy": [0.5, 0.6], "lr": [1e-3, 0.0], "seconds": [1, 1]}).to_csv(
         tmp_path / "ft.csv", index=False)

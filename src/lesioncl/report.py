@@ -287,9 +287,11 @@ def _read_history(path, required: Sequence[str]) -> pd.DataFrame:
 
 
 def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> None:
-    """Contrastive training and validation loss per pretraining method (history.csv)."""
+    """Contrastive loss (train, val) per pretraining method and, beside it, the kNN probe's
+    validation kappa at the validated epochs (``knn_kappa`` of history.csv, when recorded)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax_knn) = plt.subplots(1, 2, figsize=(11, 4))
+    probed = 0
     for i, (method, hist_path) in enumerate(histories.items()):
         df = _read_history(hist_path, ["epoch", "train_loss", "val_loss"])
         color = f"C{i}"
@@ -298,8 +300,20 @@ def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> No
         if len(val):
             ax.plot(val["epoch"], val["val_loss"], color=color, ls="--", marker="o", ms=3,
                     label=f"{method} val")
+        knn = df.dropna(subset=["knn_kappa"]) if "knn_kappa" in df else df.iloc[:0]
+        if len(knn):
+            probed += 1
+            ax_knn.plot(knn["epoch"], knn["knn_kappa"], color=color, marker="s", ms=4, label=method)
     from matplotlib.ticker import MaxNLocator
 
+    ax_knn.set_xlabel("epoch")
+    ax_knn.set_ylabel("kNN probe: validation kappa")
+    ax_knn.set_title("Grading signal while pretraining")
+    ax_knn.grid(alpha=0.3)
+    if probed:
+        ax_knn.legend(fontsize=8)
+    else:
+        ax_knn.text(0.5, 0.5, "no kNN probe recorded", ha="center", va="center", transform=ax_knn.transAxes)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("NT-Xent loss")

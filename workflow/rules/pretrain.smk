@@ -126,7 +126,7 @@ rule pretrain_lesion:
         f"{LOGS}/pretrain/lesion_cl.log",
     benchmark:
         f"{BENCH}/pretrain/lesion_cl.tsv"
-    threads: max(1, _PT["workers"]) * _PT["gpus"] + 1
+    threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),
         mem_mb=_PT["mem_mb"],
@@ -171,7 +171,7 @@ rule pretrain_simclr:
         f"{LOGS}/pretrain/simclr_{{size}}.log",
     benchmark:
         f"{BENCH}/pretrain/simclr_{{size}}.tsv"
-    threads: max(1, _PT["workers"]) * _PT["gpus"] + 1
+    threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),
         mem_mb=_PT["mem_mb"],

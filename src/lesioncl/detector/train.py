@@ -235,6 +235,10 @@ def train_detector(
         cfg.resume, cfg.load_from = True, str(resume_from)
         log.info("resumed from %s (%s of %d epochs done)", resume_from,
                  resume_from.stem.removeprefix("epoch_"), int(hp["epochs"]))
+    # mmengine keeps visualizers by name for the whole process: a fixed name would hand a
+    # second run in one process (a resume, the tests) the first run's, saving into its
+    # (maybe deleted) folder. A fresh name per run; the published config keeps the fixed one.
+    cfg.visualizer["name"] = f"lesioncl-detector-{os.getpid()}-{time.time_ns()}"
     runner = Runner.from_cfg(cfg)
     # mmengine's logger does not propagate: copy its training lines into our log file too
     shared = [h for h in logging.getLogger().handlers

@@ -65,9 +65,9 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list
             "val_kappa": _metric(res, "val", "kappa"), "test_kappa": _metric(res, "test", "kappa"),
             "test_accuracy": _metric(res, "test", "accuracy"),
             "test_kappa_tuned": _metric(res, "test_tuned", "kappa"),
-            "test_kappa_ci_low": _ci(res, "test")[0], "test_kappa_ci_high": _ci(res, "test")[1],
-            "test_kappa_tuned_ci_low": _ci(res, "test_tuned")[0],
-            "test_kappa_tuned_ci_high": _ci(res, "test_tuned")[1],
+            **{f"{key}_ci_{end}": value
+               for key, split in (("test_kappa", "test"), ("test_kappa_tuned", "test_tuned"))
+               for end, value in zip(("low", "high"), _ci(res, split))},
             "n_train": res.get("n_train", np.nan),
             "train_steps": res.get("train_steps", np.nan),
             "selected_epoch": (res.get("selected") or {}).get("epoch", np.nan),

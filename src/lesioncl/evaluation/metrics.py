@@ -12,6 +12,8 @@ N_LEVELS = 5
 LEVELS = list(range(N_LEVELS))
 # The authors' decoding of a regression output: grade = number of thresholds <= score.
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+#: Disagreement weight of (truth i, prediction j): ((i - j) / 4)^2.
+QUADRATIC_WEIGHTS = (np.arange(N_LEVELS)[:, None] - np.arange(N_LEVELS)[None, :]) ** 2 / (N_LEVELS - 1) ** 2
 
 
 def quadratic_kappa(y_true, y_pred) -> float:
@@ -58,14 +60,12 @@ def kappa_bootstrap_ci(
     codes = (np.arange(samples)[:, None] * N_LEVELS**2 + y_true[idx] * N_LEVELS + y_pred[idx]).ravel()
     observed = np.bincount(codes, minlength=samples * N_LEVELS**2).reshape(samples, N_LEVELS, N_LEVELS)
     observed = observed.astype(np.float64)
-    grid = np.arange(N_LEVELS)
-    weights = (grid[:, None] - grid[None, :]) ** 2 / (N_LEVELS - 1) ** 2
     expected = observed.sum(2)[:, :, None] * observed.sum(1)[:, None, :] / n
-    denom = (weights * expected).sum((1, 2))
+    denom = (QUADRATIC_WEIGHTS * expected).sum((1, 2))
     ok = denom > 0
     if not ok.any():
         return None
-    kappas = 1.0 - (weights * observed[ok]).sum((1, 2)) / denom[ok]
+    kappas = 1.0 - (QUADRATIC_WEIGHTS * observed[ok]).sum((1, 2)) / denom[ok]
     alpha = (1.0 - level) / 2
     low, high = np.quantile(kappas, [alpha, 1 - alpha])
     return float(low), float(high)
@@ -108,13 +108,11 @@ def fast_quadratic_kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Quadratic kappa from a bincount confusion matrix (same value as sklearn's, faster)."""
     observed = np.bincount(y_true * N_LEVELS + y_pred, minlength=N_LEVELS**2).reshape(N_LEVELS, N_LEVELS)
     observed = observed.astype(np.float64)
-    idx = np.arange(N_LEVELS)
-    weights = (idx[:, None] - idx[None, :]) ** 2 / (N_LEVELS - 1) ** 2
     expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    denom = float((weights * expected).sum())
+    denom = float((QUADRATIC_WEIGHTS * expected).sum())
     if denom == 0:
         return float("nan")
-    return 1.0 - float((weights * observed).sum()) / denom
+    return 1.0 - float((QUADRATIC_WEIGHTS * observed).sum()) / denom
 
 
 def tune_thresholds(

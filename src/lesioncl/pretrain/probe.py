@@ -16,20 +16,16 @@ size, normalised as in :mod:`lesioncl.evaluation.features`.
 
 from __future__ import annotations
 
-import logging
 import os
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesioncl.evaluation.features import normalize, to_float
+from lesioncl.evaluation.features import autocast, load_crop_cache, normalize, to_float
 from lesioncl.evaluation.metrics import N_LEVELS, quadratic_kappa
-from lesioncl.pretrain.cache import open_crop_cache
-
-log = logging.getLogger(__name__)
+from lesioncl.pretrain.cache import csv_path_of
 
 
 def knn_predict(
@@ -71,34 +67,26 @@ class KNNProbe:
         max_train: int = 5000,
         batch_size: int = 64,
     ):
-        self.train_images, train_levels = self._open(train_cache)
-        self.val_images, val_levels = self._open(val_cache)
+        # read as the evaluation stage reads them (levels checked to be grades 0-4)
+        self.train_images, train_rows = load_crop_cache(train_cache, csv_path_of(train_cache))
+        self.val_images, val_rows = load_crop_cache(val_cache, csv_path_of(val_cache))
         n = len(self.train_images)
         self.train_rows = np.unique(np.linspace(0, n - 1, min(n, int(max_train))).round().astype(np.int64))
-        self.train_levels = torch.from_numpy(train_levels[self.train_rows].astype(np.int64))
-        self.val_levels = val_levels.astype(np.int64)
+        self.train_levels = torch.from_numpy(train_rows["level"].to_numpy()[self.train_rows].astype(np.int64))
+        self.val_levels = val_rows["level"].to_numpy().astype(np.int64)
         self.size, self.k, self.temperature, self.batch_size = int(size), int(k), float(temperature), int(batch_size)
         if len(self.train_rows) == 0 or len(self.val_levels) == 0:
             raise ValueError(f"kNN probe needs labelled train and val crops ({train_cache}, {val_cache})")
-
-    @staticmethod
-    def _open(cache: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-        images, rows = open_crop_cache(cache)
-        if "level" not in rows or rows["level"].isna().any():
-            raise ValueError(f"{cache}: its cache table has no grade for every crop; rerun crop_cache")
-        return images, rows["level"].to_numpy()
 
     @torch.no_grad()
     def features(self, backbone: nn.Module, images: np.ndarray, rows: np.ndarray, device: torch.device,
                  amp: bool = False, channels_last: bool = False) -> torch.Tensor:
         """Pooled features (N, D) of ``images[rows]`` on the CPU (float32)."""
-        cast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-                if amp and torch.device(device).type == "cuda" else nullcontext())
         out = []
         for start in range(0, len(rows), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + self.batch_size]]))
             x = normalize(to_float(batch.to(device), self.size), channels_last)
-            with cast:
+            with autocast(str(device), amp):
                 out.append(backbone(x).float().cpu())
         return torch.cat(out)
 

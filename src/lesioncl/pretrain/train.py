@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from lesioncl.progress import progress
+from lesioncl.progress import format_duration, progress
 
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
@@ -615,7 +615,7 @@ class Trainer:
         per_epoch = (time.perf_counter() - self.fit_start) / max(1, done_here)
         eta = per_epoch * (self.cfg.epochs - row["epoch"])
         log.info(msg, row["epoch"], self.cfg.epochs, row["train_loss"], val, knn, row["lr"], row["pairs_per_s"],
-                 format_seconds(row["elapsed_s"]), format_seconds(eta))
+                 format_duration(row["elapsed_s"]), format_duration(eta))
         if self.writer is not None:
             step = row["epoch"] * self.steps_per_epoch
             self.writer.add_scalar("epoch/train_loss", row["train_loss"], step)
@@ -751,18 +751,6 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def format_seconds(seconds: float) -> str:
-    """'1h02m', '4m05s' or '12s'."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def new_partial() -> dict[str, float]:

@@ -24,7 +24,7 @@ rule eval_fractions:
     conda:
         ENV_DATA
     script:
-        "../scripts/evaluate_fractions.py"
+        "../scripts/eval_fractions.py"
 
 
 rule eval_features:
@@ -59,7 +59,7 @@ rule eval_features:
     conda:
         ENV_TORCH
     script:
-        "../scripts/evaluate_features.py"
+        "../scripts/eval_features.py"
 
 
 rule eval_linear:
@@ -92,7 +92,7 @@ rule eval_linear:
     conda:
         ENV_TORCH
     script:
-        "../scripts/evaluate_linear.py"
+        "../scripts/eval_linear.py"
 
 
 rule eval_finetune:
@@ -146,4 +146,4 @@ rule eval_finetune:
     conda:
         ENV_TORCH
     script:
-        "../scripts/evaluate_finetune.py"
+        "../scripts/eval_finetune.py"

@@ -90,7 +90,7 @@ rule crop_cache:
     conda:
         ENV_DATA
     script:
-        "../scripts/pretrain_cache.py"
+        "../scripts/crop_cache.py"
 
 
 rule pretrain_lesion:

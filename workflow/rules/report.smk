@@ -33,7 +33,7 @@ rule kappa_table:
     conda:
         ENV_DATA
     script:
-        "../scripts/report_kappa_table.py"
+        "../scripts/kappa_table.py"
 
 
 rule kappa_plot:
@@ -57,7 +57,7 @@ rule kappa_plot:
     conda:
         ENV_DATA
     script:
-        "../scripts/report_kappa_plot.py"
+        "../scripts/kappa_plot.py"
 
 
 rule confusion_plot:
@@ -82,7 +82,7 @@ rule confusion_plot:
     conda:
         ENV_DATA
     script:
-        "../scripts/report_confusion.py"
+        "../scripts/confusion_plot.py"
 
 
 rule pretrain_curves_plot:
@@ -105,7 +105,7 @@ rule pretrain_curves_plot:
     conda:
         ENV_DATA
     script:
-        "../scripts/report_pretrain_curves.py"
+        "../scripts/pretrain_curves_plot.py"
 
 
 rule finetune_curves_plot:
@@ -133,7 +133,7 @@ rule finetune_curves_plot:
     conda:
         ENV_DATA
     script:
-        "../scripts/report_finetune_curves.py"
+        "../scripts/finetune_curves_plot.py"
 
 
 # The report's front page (the workflow description `snakemake --report` opens with,

@@ -1,22 +1,22 @@
-"""Snakemake adapter of rule detector_qc: detector boxes beside the ground truth on IDRiD test images."""
+"""Rule detector_qc: detector boxes beside the ground truth on IDRiD test images."""
 
 from pathlib import Path
 
+from lesioncl.adapter import run
 from lesioncl.detector.qc import draw_detector_qc
-from lesioncl.utils import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
+
+def main(job):
     draw_detector_qc(
-        snakemake.input.config,  # noqa: F821
-        snakemake.input.model,  # noqa: F821
-        snakemake.input.test,  # noqa: F821
-        str(Path(snakemake.input.images) / "test"),  # noqa: F821
-        snakemake.output[0],  # noqa: F821
-        n_images=snakemake.params.n_images,  # noqa: F821
-        score_threshold=snakemake.params.score_threshold,  # noqa: F821
-        device=snakemake.params.device,  # noqa: F821
+        job.input.config,
+        job.input.model,
+        job.input.test,
+        str(Path(job.input.images) / "test"),
+        job.output[0],
+        n_images=job.params.n_images,
+        score_threshold=job.params.score_threshold,
+        device=job.device(),
     )
-except Exception:
-    log.exception("rule detector_qc failed")
-    raise
+
+
+run(snakemake, main)  # noqa: F821 - injected by Snakemake

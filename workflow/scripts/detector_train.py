@@ -1,30 +1,30 @@
-"""Snakemake adapter of rule detector_train: train, publish and evaluate the lesion detector."""
+"""Rule detector_train: train, publish and evaluate the lesion detector."""
 
 from pathlib import Path
 
+from lesioncl.adapter import run
 from lesioncl.detector.train import train_detector
-from lesioncl.utils import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
-    images = Path(snakemake.input.images)  # noqa: F821
+
+def main(job):
+    images = Path(job.input.images)
     train_detector(
-        snakemake.params.detector,  # noqa: F821
-        train_ann=snakemake.input.train,  # noqa: F821
+        job.params.detector,
+        train_ann=job.input.train,
         train_images=str(images / "train"),
-        test_ann=snakemake.input.test,  # noqa: F821
+        test_ann=job.input.test,
         test_images=str(images / "test"),
-        out_model=snakemake.output.model,  # noqa: F821
-        out_config=snakemake.output.config,  # noqa: F821
-        out_metrics=snakemake.output.metrics,  # noqa: F821
-        out_curves=snakemake.output.curves,  # noqa: F821
-        work_dir=snakemake.output.work,  # noqa: F821
-        seed=snakemake.params.seed,  # noqa: F821
-        device=snakemake.params.device,  # noqa: F821
-        threads=snakemake.threads,  # noqa: F821
+        out_model=job.output.model,
+        out_config=job.output.config,
+        out_metrics=job.output.metrics,
+        out_curves=job.output.curves,
+        work_dir=job.output.work,
+        seed=job.params.seed,
+        device=job.device(),
+        threads=job.threads,
         # beside the outputs, not one of them (kept when a failed job's outputs are deleted)
-        resume_dir=str(Path(snakemake.output.model).with_name("checkpoints")),  # noqa: F821
+        resume_dir=str(Path(job.output.model).with_name("checkpoints")),
     )
-except Exception:
-    log.exception("rule detector_train failed")
-    raise
+
+
+run(snakemake, main)  # noqa: F821 - injected by Snakemake

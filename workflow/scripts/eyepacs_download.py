@@ -1,19 +1,17 @@
-"""Snakemake adapter of rule eyepacs_download: Kaggle competition files -> archives/."""
+"""Rule eyepacs_download: Kaggle competition files -> archives/."""
 
+from lesioncl.adapter import run
 from lesioncl.eyepacs import EyepacsError
 from lesioncl.eyepacs.download import download_competition
-from lesioncl.utils import setup_logging, write_json
+from lesioncl.utils import write_json
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
+
+def main(job):
     manifest = download_competition(
-        competition=snakemake.params.competition,  # noqa: F821
-        download_dir=snakemake.params.download_dir,  # noqa: F821
+        competition=job.params.competition,
+        download_dir=job.params.download_dir,
     )
-    write_json(snakemake.output.manifest, manifest)  # noqa: F821
-except EyepacsError as exc:  # bad input: the message says what to do, no traceback
-    log.error("rule eyepacs_download failed: %s", exc)
-    raise SystemExit(1)
-except Exception:
-    log.exception("rule eyepacs_download failed")
-    raise
+    write_json(job.output.manifest, manifest)
+
+
+run(snakemake, main, clean_errors=(EyepacsError,))  # noqa: F821 - injected by Snakemake

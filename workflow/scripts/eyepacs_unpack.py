@@ -1,20 +1,17 @@
-"""Snakemake adapter of rule eyepacs_unpack: multi-part archives -> raw/ (train/, test/, CSVs)."""
+"""Rule eyepacs_unpack: multi-part archives -> raw/ (train/, test/, CSVs)."""
 
+from lesioncl.adapter import run
 from lesioncl.eyepacs import EyepacsError
 from lesioncl.eyepacs.archives import unpack_all
-from lesioncl.utils import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
+
+def main(job):
     unpack_all(
-        archives_dir=snakemake.params.archives_dir,  # noqa: F821
-        raw_dir=snakemake.output.raw,  # noqa: F821
+        archives_dir=job.params.archives_dir,
+        raw_dir=job.output.raw,
         delete_corrupt=True,
-        manifest=snakemake.input.manifest,  # noqa: F821
+        manifest=job.input.manifest,
     )
-except EyepacsError as exc:  # bad input: the message says what to do, no traceback
-    log.error("rule eyepacs_unpack failed: %s", exc)
-    raise SystemExit(1)
-except Exception:
-    log.exception("rule eyepacs_unpack failed")
-    raise
+
+
+run(snakemake, main, clean_errors=(EyepacsError,))  # noqa: F821 - injected by Snakemake

@@ -1,23 +1,23 @@
-"""Snakemake adapter of rule lesions_predict: detector boxes on one shard of the crops."""
+"""Rule lesions_predict: detector boxes on one shard of the crops."""
 
+from lesioncl.adapter import run
 from lesioncl.lesion_index import predict_shard
-from lesioncl.utils import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
+
+def main(job):
     predict_shard(
-        snakemake.input.manifest,  # noqa: F821
-        snakemake.input.config,  # noqa: F821
-        snakemake.input.model,  # noqa: F821
-        snakemake.output[0],  # noqa: F821
-        shard=int(snakemake.wildcards.shard),  # noqa: F821
-        n_shards=snakemake.params.n_shards,  # noqa: F821
-        size=snakemake.params.size,  # noqa: F821
-        batch_size=snakemake.params.batch_size,  # noqa: F821
-        workers=snakemake.params.workers,  # noqa: F821
-        device=snakemake.params.device,  # noqa: F821
-        threads=snakemake.threads,  # noqa: F821
+        job.input.manifest,
+        job.input.config,
+        job.input.model,
+        job.output[0],
+        shard=int(job.wildcards.shard),
+        n_shards=job.params.n_shards,
+        size=job.params.size,
+        batch_size=job.params.batch_size,
+        workers=job.params.workers,
+        device=job.device(),
+        threads=job.threads,
     )
-except Exception:
-    log.exception("rule lesions_predict failed")
-    raise
+
+
+run(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,18 +1,18 @@
-"""Snakemake adapter of rule report_front_page: the report's front page (front_page.rst)."""
+"""Rule report_front_page: the report's front page (front_page.rst)."""
 
+from lesioncl.adapter import run
 from lesioncl.frontpage import build_front_page
-from lesioncl.utils import setup_logging
 
-log = setup_logging(snakemake.log[0])  # noqa: F821 - injected by Snakemake
-try:
+
+def main(job):
     build_front_page(
-        snakemake.input.description,  # noqa: F821
-        snakemake.input.kappa,  # noqa: F821
-        snakemake.output[0],  # noqa: F821
-        snakemake.params.config,  # noqa: F821
-        configfiles=snakemake.params.configfiles,  # noqa: F821
-        methods=snakemake.params.methods,  # noqa: F821
+        job.input.description,
+        job.input.kappa,
+        job.output[0],
+        job.params.config,
+        configfiles=job.params.configfiles,
+        methods=job.params.methods,
     )
-except Exception:
-    log.exception("rule report_front_page failed")
-    raise
+
+
+run(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -104,8 +104,10 @@ def run(
     job = Job(smk)
     log = setup_logging(smk.log[0] if len(smk.log) else None)
     if torch_threads:
-        import torch
-
+        try:
+            import torch
+        except ImportError as err:  # a data-only environment
+            raise RuntimeError(f"rule {job.rule}: torch_threads needs torch (envs/torch.yaml)") from err
         torch.set_num_threads(job.threads)
     try:
         return main(job)

@@ -82,7 +82,7 @@ class OriginalPairs(torch.utils.data.Dataset):
 
 def load_inputs(args, work: Path) -> tuple[Path, dict]:
     if args.manifest:
-        from lesioncl.lesion_index import load_lesion_index
+        from lesioncl.lesions import load_lesion_index
 
         if not args.index:
             raise SystemExit("--manifest needs --index (the lesion index pickle)")

@@ -109,7 +109,7 @@ def write_synthetic_cache(folder: Path, settings: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    from lesioncl.lesion_index import write_lesion_index
+    from lesioncl.lesions import write_lesion_index
     from lesioncl.pretrain.toydata import render_crop
 
     size = settings["cache_size"]

@@ -234,7 +234,7 @@ def test_tiny_training_publishes_a_plain_state_dict_and_metrics(trained):
 def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     """Batched inference over a manifest: boxes come back in det coordinates and are
     rescaled per axis into the square crops."""
-    from lesioncl.lesion_index import predict_shard
+    from lesioncl.lesions import predict_shard
 
     root, out, _ = trained
     rows = []

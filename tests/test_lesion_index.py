@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lesioncl.lesion_index import (
+from lesioncl.lesions import (
     DETECTION_COLUMNS,
     build_lesion_index,
     filter_reasons,

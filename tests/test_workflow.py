@@ -80,7 +80,7 @@ def test_detector_learns(demo):
 
 
 def test_lesion_index(demo):
-    from lesioncl.lesion_index import load_lesion_index
+    from lesioncl.lesions import load_lesion_index
 
     path = demo / "results/lesions/lesion_index.pkl"
     with open(path, "rb") as fh:

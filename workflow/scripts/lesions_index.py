@@ -1,7 +1,7 @@
 """Rule lesions_index: merge, filter and write the lesion index."""
 
 from lesioncl.adapter import run
-from lesioncl.lesion_index import build_lesion_index
+from lesioncl.lesions import build_lesion_index
 
 
 def main(job):

@@ -1,7 +1,7 @@
 """Rule lesions_predict: detector boxes on one shard of the crops."""
 
 from lesioncl.adapter import run
-from lesioncl.lesion_index import predict_shard
+from lesioncl.lesions import predict_shard
 
 
 def main(job):

@@ -331,7 +331,7 @@ class Trainer:
     def build_datasets(self):
         cfg = self.cfg
         if cfg.mode == "lesion":
-            from lesioncl.lesion_index import load_lesion_index
+            from lesioncl.lesions import load_lesion_index
 
             size = open_crop_cache(cfg.train_cache)[0].shape[1]
             index = load_lesion_index(cfg.lesion_index, required_splits=("train",), size=size)

@@ -10,7 +10,7 @@ include: "workflow/rules/idrid.smk"
 include: "workflow/rules/detector.smk"
 include: "workflow/rules/lesions.smk"
 include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
 
 

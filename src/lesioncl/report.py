@@ -1,6 +1,6 @@
 """The results report: the kappa table (CSV + Markdown) and its figures.
 
-Every run of ``evaluate.smk`` writes one JSON (method x evaluation x fraction x seed).
+Every run of ``evaluation.smk`` writes one JSON (method x evaluation x fraction x seed).
 :func:`kappa_table` aggregates them over seeds into one row per method x evaluation
 x fraction – every configured cell is present, marked ``skipped`` (e.g. ImageNet
 weights unavailable offline) or ``missing`` when it has no result – and

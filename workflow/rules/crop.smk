@@ -2,8 +2,19 @@
 # rows i % n_shards == shard of labels.csv into 512 crops + detection-resolution
 # crops; rule crop_merge checks every image is cropped or rejected (with its
 # reason) exactly once and writes the manifest, the reject table and a QC picture.
+# Rule crop_cache decodes the 512 crops of a split once into a uint8 memmap
+# (results/cache/crops_{split}.npy + .csv), read by pretraining and the evaluation.
 
 _CROP = config["crop"]
+CROP_SHARDS = list(range(_CROP["n_shards"]))
+# The cache files of each split, as named inputs of the rules that read them.
+CROP_CACHE = {
+    split: {
+        f"{split}_npy": f"{RESULTS}/cache/crops_{split}.npy",
+        f"{split}_csv": f"{RESULTS}/cache/crops_{split}.csv",
+    }
+    for split in ("train", "val", "test")
+}
 
 
 # The crop hyper-parameters: everything that changes a crop file.
@@ -44,14 +55,9 @@ rule crop_shard:
     resources:
         mem_mb=lambda wildcards, threads: 1000 + 500 * threads,
         # ~0.25 s of one core per full-size image (with a 1600 px detection crop),
-        # doubled, + 10 min; labels.csv has a header line
+        # doubled, + 10 min
         runtime=lambda wildcards, input, threads: int(
-            10
-            + 0.5
-            * sum(1 for _ in open(input.labels))
-            / _CROP["n_shards"]
-            / threads
-            / 60
+            10 + 0.5 * csv_rows(input.labels) / _CROP["n_shards"] / threads / 60
         ),
     conda:
         ENV_DATA
@@ -93,3 +99,30 @@ rule crop_merge:
         ENV_DATA
     script:
         "../scripts/crop_merge.py"
+
+
+rule crop_cache:
+    input:
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+    output:
+        npy=f"{RESULTS}/cache/crops_{{split}}.npy",
+        csv=f"{RESULTS}/cache/crops_{{split}}.csv",
+    wildcard_constraints:
+        split=r"train|val|test",
+    params:
+        size=config["crop"]["size"],
+    log:
+        f"{LOGS}/crop_cache/{{split}}.log",
+    benchmark:
+        f"{BENCH}/crop_cache/{{split}}.tsv"
+    threads: max(1, config["pretrain"]["workers"])  # the loader's workers
+    resources:
+        mem_mb=2000,
+        # ~5 ms of one core per 512 JPEG, x4 margin, + 10 min
+        runtime=lambda wildcards, input, threads: int(
+            10 + 0.02 * csv_rows(input.manifest) / threads / 60
+        ),
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/crop_cache.py"

@@ -43,7 +43,8 @@ rule detector_train:
     resources:
         **gpu_resources("detector"),
         mem_mb=8000,
-        runtime=_detector_runtime,
+        # minutes: ~2 per epoch on CPU for the demo, generous for a GPU run
+        runtime=lambda wildcards, attempt: int(30 + 3 * _DET["epochs"]) * attempt,
     conda:
         ENV_TORCH
     script:

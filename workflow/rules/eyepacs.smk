@@ -2,6 +2,8 @@
 # multi-part archives, validation of the raw folder and the labels table
 # results/eyepacs/labels.csv (image, patient_id, eye, level, split, path).
 # Split: train = Kaggle train; val = Kaggle test Usage=Public; test = Usage=Private.
+from lesioncl.eyepacs.labels import labels_rule_inputs
+
 _EYEPACS = config["eyepacs"]
 _EYEPACS_DL = _EYEPACS["download_dir"]
 
@@ -53,7 +55,7 @@ rule eyepacs_unpack:
 
 rule eyepacs_labels:
     input:
-        unpack(_eyepacs_labels_input),
+        unpack(lambda wildcards: labels_rule_inputs(_EYEPACS, RESULTS)),
     output:
         labels=f"{RESULTS}/eyepacs/labels.csv",
         summary=f"{RESULTS}/eyepacs/labels_summary.json",

@@ -1,10 +1,11 @@
 # IDRiD ingestion: the official "A. Segmentation" zip or folder -> lesion boxes
 # (one per 8-connected mask component) -> COCO detection json + images.
+from lesioncl.idrid import source_path as idrid_source_path
 
 
 rule idrid_coco:
     input:
-        idrid_source_path(),
+        idrid_source_path(config["idrid"], RESULTS),
     output:
         train=f"{RESULTS}/idrid/coco_train.json",
         test=f"{RESULTS}/idrid/coco_test.json",

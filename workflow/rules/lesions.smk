@@ -4,6 +4,7 @@
 # rescaled into the crop.size crops and filtered into the authors' pickle format.
 
 _LI = config["lesion_index"]
+INDEX_SHARDS = list(range(_LI["n_shards"]))
 
 
 rule lesions_predict:
@@ -29,7 +30,11 @@ rule lesions_predict:
     resources:
         **gpu_resources("lesion_index"),
         mem_mb=8000,
-        runtime=_lesions_runtime,
+        # minutes for one shard: ~1 s per image on CPU, plus 10
+        runtime=lambda wildcards, input, attempt: int(
+            10 + csv_rows(input.manifest) / _LI["n_shards"] / 60
+        )
+        * attempt,
     conda:
         ENV_TORCH
     script:

@@ -1,7 +1,4 @@
 # Contrastive pretraining (docs/method.md "Lesion-based contrastive pretraining").
-#   crop_cache        crop_manifest.csv -> results/cache/crops_{split}.npy (+ .csv): the
-#                     512 crops of a split decoded once into a uint8 memmap (also read
-#                     by the evaluation)
 #   pretrain_lesion   cache + lesion index -> results/pretrain/lesion_cl/ (the paper)
 #   pretrain_simclr   cache -> results/pretrain/simclr_{size}/ (whole-image baseline)
 # Outputs per method: backbone.pth (torchvision state_dict without fc), final.pt (full
@@ -60,43 +57,16 @@ _PT_WEIGHTS = (
     [_PT["weights"]] if _PT["weights"] and _PT["init"] in ("path", "imagenet") else []
 )
 # Batch size of each SimCLR baseline; only configured sizes match the wildcard
-# (evaluate.smk reports a requested simclr_<size> that is not configured).
+# (evaluation.smk reports a requested simclr_<size> that is not configured).
 _SIMCLR_BATCH = dict(
     zip((int(s) for s in _PT["simclr_sizes"]), _PT["simclr_batch_sizes"])
 )
 
 
-rule crop_cache:
-    input:
-        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
-    output:
-        npy=f"{RESULTS}/cache/crops_{{split}}.npy",
-        csv=f"{RESULTS}/cache/crops_{{split}}.csv",
-    wildcard_constraints:
-        split=r"train|val|test",
-    params:
-        size=config["crop"]["size"],
-    log:
-        f"{LOGS}/crop_cache/{{split}}.log",
-    benchmark:
-        f"{BENCH}/crop_cache/{{split}}.tsv"
-    threads: max(1, _PT["workers"])
-    resources:
-        mem_mb=2000,
-        # ~5 ms of one core per 512 JPEG, x4 margin, + 10 min
-        runtime=lambda wildcards, input, threads: int(
-            10 + 0.02 * sum(1 for _ in open(input.manifest)) / threads / 60
-        ),
-    conda:
-        ENV_DATA
-    script:
-        "../scripts/crop_cache.py"
-
-
 rule pretrain_lesion:
     input:
-        **_cache("train"),
-        **_cache("val"),
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
         index=f"{RESULTS}/lesions/lesion_index.pkl",
         weights=_PT_WEIGHTS,
     output:
@@ -139,8 +109,8 @@ rule pretrain_lesion:
 
 rule pretrain_simclr:
     input:
-        **_cache("train"),
-        **_cache("val"),
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
         weights=_PT_WEIGHTS,
     output:
         backbone=protected(f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth"),

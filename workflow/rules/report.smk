@@ -1,12 +1,46 @@
 # The results report: the kappa table (CSV + Markdown) and the figures, all as
 # report() outputs; `snakemake --report results/report.html` also shows the QC
 # pictures of the earlier stages (rule all requests them, see REPORT_TARGETS).
+import os
+from pathlib import Path
+
+PRETRAINED_METHODS = eval_plan.pretrained(EVAL_METHODS)
+LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
+
+REPORT_TARGETS = [
+    f"{RESULTS}/report/front_page.rst",
+    f"{RESULTS}/tables/kappa.csv",
+    f"{RESULTS}/tables/kappa.md",
+    *expand(f"{RESULTS}/plots/kappa_{{evaluation}}.png", evaluation=EVALUATIONS),
+    f"{RESULTS}/plots/confusion_test.png",
+    f"{RESULTS}/plots/pretrain_loss.png",
+    *([f"{RESULTS}/plots/finetune_curves.png"] if "finetune" in EVALUATIONS else []),
+]
+# The report's front page (the Snakefile's report: directive): written by rule
+# report_front_page once the results are complete; before that, the static description.
+REPORT_STATIC_DESCRIPTION = str(Path(LESIONCL_ROOT) / "workflow/report/workflow.rst")
+REPORT_CONFIGFILES = [
+    os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+    for f in (workflow.overwrite_configfiles or workflow.configfiles)
+]
+_FRONT_PAGE = Path(f"{RESULTS}/report/front_page.rst")
+REPORT_DESCRIPTION = (
+    str(_FRONT_PAGE.resolve()) if _FRONT_PAGE.is_file() else REPORT_STATIC_DESCRIPTION
+)
+# QC pictures and metrics of the earlier stages (report() outputs of their own rules).
+QC_TARGETS = [
+    f"{RESULTS}/eyepacs/qc_crops.png",
+    f"{RESULTS}/idrid/qc_boxes.png",
+    f"{RESULTS}/lesions/qc_boxes.png",
+    f"{RESULTS}/detector/metrics.json",
+    f"{RESULTS}/detector/qc_test.png",
+]
 
 
 rule kappa_table:
     input:
-        linear=eval_results("linear"),
-        finetune=eval_results("finetune"),
+        linear=EVAL_RESULTS["linear"],
+        finetune=EVAL_RESULTS["finetune"],
     output:
         csv=report(
             f"{RESULTS}/tables/kappa.csv",
@@ -62,7 +96,7 @@ rule kappa_plot:
 
 rule confusion_plot:
     input:
-        eval_results("linear") + eval_results("finetune"),
+        EVAL_RESULTS["linear"] + EVAL_RESULTS["finetune"],
     output:
         report(
             f"{RESULTS}/plots/confusion_test.png",

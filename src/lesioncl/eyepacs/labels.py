@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -71,6 +72,36 @@ def label_file_path(raw_dir: Path, key: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def raw_dir_of(eyepacs: Mapping[str, Any], results: str) -> str:
+    """The raw EyePACS folder (train/, test/, label CSVs) for the configured source.
+
+    ``eyepacs`` is the config section; ``results`` the workflow's results folder.
+    """
+    source = eyepacs["source"]
+    if source == "synthetic":
+        return f"{results}/synthetic/eyepacs"
+    if source == "kaggle":
+        return f"{eyepacs['download_dir']}/raw"
+    raw = eyepacs["raw_dir"]
+    if not raw:
+        raise ValueError(
+            "config: eyepacs.source is 'folder' but eyepacs.raw_dir is not set; "
+            "set it to the folder holding train/, test/, trainLabels.csv and "
+            "retinopathy_solution.csv"
+        )
+    return raw
+
+
+def labels_rule_inputs(eyepacs: Mapping[str, Any], results: str) -> dict[str, str]:
+    """Inputs of rule eyepacs_labels: the raw folder; an existing folder (source: folder)
+    is checked right away, with its label files as inputs."""
+    raw = raw_dir_of(eyepacs, results)
+    if eyepacs["source"] != "folder":
+        return {"raw": raw}  # produced by synthetic.smk or eyepacs_unpack
+    labels = check_raw_layout(raw)  # clear error: missing folder / CSV and the fix
+    return {"raw": raw, "train_csv": str(labels["train"]), "test_csv": str(labels["test"])}
 
 
 def check_raw_layout(raw_dir: str | os.PathLike) -> dict[str, Path]:

@@ -62,6 +62,7 @@ from lesioncl.idrid.sources import (
     ZipSource,
     check_idrid_path,
     open_idrid_source,
+    source_path,
 )
 from lesioncl.idrid.layout import (
     IdridImage,
@@ -112,4 +113,5 @@ __all__ = [
     "read_mask_values",
     "scale_boxes",
     "scan_layout",
+    "source_path",
 ]

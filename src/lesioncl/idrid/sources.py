@@ -13,7 +13,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Mapping
 
 log = logging.getLogger("lesioncl.idrid")
 
@@ -218,6 +218,19 @@ def _resolve_folder(path: Path) -> Path:
         f"'{SEGMENTATION_DIR}' zip, the '{SEGMENTATION_DIR}' folder or the folder "
         "containing it."
     )
+
+
+def source_path(idrid: Mapping[str, Any], results: str) -> str:
+    """The IDRiD segmentation archive or folder for the configured source (config ``idrid``)."""
+    if idrid["source"] == "synthetic":
+        return f"{results}/synthetic/idrid"
+    path = idrid["path"]
+    if not path:
+        raise ValueError(
+            "config: idrid.source is 'path' but idrid.path is not set; set it to the "
+            "official 'A. Segmentation' zip or its unpacked folder"
+        )
+    return path
 
 
 def check_idrid_path(path: str | os.PathLike) -> None:

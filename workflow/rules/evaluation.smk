@@ -6,6 +6,37 @@
 #   eval_features   backbone + cache -> results/eval/features/{method}/{split}.npz
 #   eval_linear     features + fractions -> results/eval/linear/{method}/frac{fraction}_seed{seed}.json
 #   eval_finetune   backbone + cache + fractions -> results/eval/finetune/{method}/frac{fraction}_seed{seed}.json
+# What runs (methods, their weights, runtimes) comes from lesioncl.evaluation.plan.
+from lesioncl.evaluation import plan as eval_plan
+from lesioncl.evaluation.fractions import fraction_tag
+
+_EVAL = config["evaluation"]
+_LIN = _EVAL["linear"]
+_FT = _EVAL["finetune"]
+EVAL_ARCH = config["pretrain"]["arch"]
+EVAL_FRACTIONS = [fraction_tag(f) for f in _EVAL["fractions"]]
+EVAL_SEEDS = list(_EVAL["seeds"])
+FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
+EVAL_METHODS = eval_plan.methods(_EVAL)
+EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
+eval_plan.check_methods(
+    EVAL_METHODS, _EVAL["extra_weights"], config["pretrain"]["simclr_sizes"]
+)
+# Every run JSON of one evaluation (methods x fractions x seeds), [] when it is off.
+EVAL_RESULTS = {
+    "linear": eval_plan.run_files(
+        RESULTS, "linear", EVAL_METHODS, EVAL_FRACTIONS, EVAL_SEEDS
+    ),
+    "finetune": (
+        eval_plan.run_files(
+            RESULTS, "finetune", EVAL_METHODS, EVAL_FRACTIONS, FINETUNE_SEEDS
+        )
+        if "finetune" in EVALUATIONS
+        else []
+    ),
+}
+
+
 rule eval_fractions:
     input:
         f"{RESULTS}/cache/crops_train.csv",
@@ -31,7 +62,9 @@ rule eval_features:
     input:
         npy=f"{RESULTS}/cache/crops_{{split}}.npy",
         csv=f"{RESULTS}/cache/crops_{{split}}.csv",
-        weights=eval_weights,
+        weights=lambda wildcards: eval_plan.method_weights(
+            wildcards.method, _EVAL, RESULTS
+        ),
     output:
         f"{RESULTS}/eval/features/{{method}}/{{split}}.npz",
     wildcard_constraints:
@@ -55,7 +88,9 @@ rule eval_features:
     resources:
         **gpu_resources("evaluation"),
         mem_mb=8000,
-        runtime=_features_runtime,
+        runtime=lambda wildcards, input: eval_plan.features_runtime(
+            csv_rows(input.csv, missing=50000), config["device"]
+        ),
     conda:
         ENV_TORCH
     script:
@@ -97,11 +132,13 @@ rule eval_linear:
 
 rule eval_finetune:
     input:
-        **_cache("train"),
-        **_cache("val"),
-        **_cache("test"),
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
+        **CROP_CACHE["test"],
         fractions=f"{RESULTS}/eval/fractions/seed{{seed}}.csv",
-        weights=eval_weights,
+        weights=lambda wildcards: eval_plan.method_weights(
+            wildcards.method, _EVAL, RESULTS
+        ),
     output:
         result=protected(
             f"{RESULTS}/eval/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json"
@@ -142,7 +179,14 @@ rule eval_finetune:
     resources:
         **gpu_resources("evaluation"),
         mem_mb=16000,
-        runtime=_finetune_runtime,
+        runtime=lambda wildcards, input: eval_plan.finetune_runtime(
+            wildcards.fraction,
+            csv_rows(input.train_csv, missing=50000),
+            csv_rows(input.val_csv, missing=50000),
+            csv_rows(input.test_csv, missing=50000),
+            _FT,
+            config["device"],
+        ),
     conda:
         ENV_TORCH
     script:

@@ -1,0 +1,88 @@
+"""What the evaluation stage runs: its methods, their weights, run files, runtimes.
+
+Read by ``workflow/rules/evaluation.smk`` when the workflow is parsed (the rule files
+hold rules only; their logic lives here, where it is tested). ``config`` arguments are
+the workflow's config sections as dicts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+
+#: Methods that need no pretraining rule (``lesion_cl`` has its own, ``pretrain_lesion``).
+BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
+_SIMCLR = re.compile(r"simclr_(\d+)")
+
+
+def methods(evaluation: Mapping) -> list[str]:
+    """``evaluation.methods`` followed by the names of ``evaluation.extra_weights`` not in it."""
+    listed = list(evaluation["methods"])
+    return listed + [m for m in evaluation["extra_weights"] if m not in listed]
+
+
+def check_methods(names: Sequence[str], extra_weights: Mapping, simclr_sizes: Sequence) -> None:
+    """A clear config error for a method that no rule makes (names the fix)."""
+    sizes = [int(s) for s in simclr_sizes]
+    for method in names:
+        if method in extra_weights or method in BUILTIN_METHODS:
+            continue
+        m = _SIMCLR.fullmatch(method)
+        if m is None:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r}; use lesion_cl, simclr_<size>, "
+                "random, imagenet or a name defined in evaluation.extra_weights"
+            )
+        if int(m.group(1)) not in sizes:
+            raise ValueError(
+                f"config: evaluation.methods has {method!r} but pretrain.simclr_sizes is "
+                f"{sizes}; add {m.group(1)} there or drop the method"
+            )
+
+
+def pretrained(names: Sequence[str]) -> list[str]:
+    """The methods trained by the pretraining stage (lesion_cl, simclr_<size>)."""
+    return [m for m in names if m == "lesion_cl" or _SIMCLR.fullmatch(m)]
+
+
+def method_weights(method: str, evaluation: Mapping, results: str) -> list[str]:
+    """The backbone file a method starts from ([] for random and hub-cache ImageNet)."""
+    if method in evaluation["extra_weights"]:
+        return [evaluation["extra_weights"][method]]
+    if method == "imagenet":
+        return [evaluation["imagenet_weights"]] if evaluation["imagenet_weights"] else []
+    if method == "random":
+        return []
+    return [f"{results}/pretrain/{method}/backbone.pth"]
+
+
+def run_files(
+    results: str, evaluation: str, names: Sequence[str], fractions: Sequence[str], seeds: Sequence
+) -> list[str]:
+    """Every run JSON of one evaluation (methods x fractions x seeds, in that order)."""
+    return [
+        f"{results}/eval/{evaluation}/{method}/frac{fraction}_seed{seed}.json"
+        for method, fraction, seed in itertools.product(names, fractions, seeds)
+    ]
+
+
+def images_per_minute(device: str) -> int:
+    """Rough inference throughput for runtime requests (a training image costs ~3)."""
+    return 30000 if device != "cpu" else 120
+
+
+def features_runtime(n_images: int, device: str) -> int:
+    """Minutes for the features of one split."""
+    return int(10 + 2 * n_images / images_per_minute(device))
+
+
+def finetune_runtime(
+    fraction: float, n_train: int, n_val: int, n_test: int, finetune: Mapping, device: str
+) -> int:
+    """Minutes for one fine-tuning run (its epochs over the fraction, validation, test)."""
+    labelled = float(fraction) * n_train
+    trained = max(labelled, finetune["min_steps_per_epoch"] * finetune["batch_size"])
+    per_epoch = 3 * trained + n_val
+    final = n_val + n_test
+    return int(20 + 2 * (finetune["epochs"] * per_epoch + final) / images_per_minute(device))

@@ -41,7 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lesioncl.pretrain.augment import EYEPACS_MEAN, EYEPACS_STD, ViewAugment  # noqa: E402
-from lesioncl.pretrain.cache import build_crop_cache  # noqa: E402
+from lesioncl.crop.cache import build_crop_cache  # noqa: E402
 from lesioncl.pretrain.data import EpochSampler, LesionPairDataset, image_key  # noqa: E402
 from lesioncl.pretrain.toydata import write_toy_dataset  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lesioncl.pretrain.cache import build_crop_cache, open_crop_cache
+from lesioncl.crop.cache import build_crop_cache, open_crop_cache
 from lesioncl.pretrain.data import (
     EpochSampler,
     LesionPairDataset,

@@ -269,7 +269,7 @@ def test_time_limit_then_rerun_resumes_pretraining(cluster, profile, tmp_path):
 def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
     """Fine-tuning checkpoints after every epoch: a job stopped by its time limit loses at
     most the epoch in progress, and the rerun continues after the last finished one."""
-    from lesioncl.pretrain.cache import build_crop_cache
+    from lesioncl.crop.cache import build_crop_cache
 
     work = tmp_path / "run"
     _toy_inputs(work, n_train=192, n_val=32)

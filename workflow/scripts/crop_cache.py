@@ -1,7 +1,7 @@
 """Rule crop_cache: crop manifest -> crops_{split}.npy + .csv."""
 
 from lesioncl.adapter import run
-from lesioncl.pretrain.cache import build_crop_cache
+from lesioncl.crop.cache import build_crop_cache
 
 
 def main(job):

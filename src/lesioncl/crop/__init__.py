@@ -58,8 +58,9 @@ Choices that differ from the original, on purpose:
 
 The parts: :mod:`.box` (settings, columns, box logic), :mod:`.decode` (decoding and
 cropping one image), :mod:`.shards` (rule ``crop_shard``), :mod:`.merge` (rule
-``crop_merge``) and :mod:`.qc` (the QC picture). Their public names are importable
-from here.
+``crop_merge``), :mod:`.qc` (the QC picture) and :mod:`.cache` (rule ``crop_cache``:
+the crops of a split as one uint8 memmap, read by pretraining and the evaluation).
+The public names of the first five are importable from here.
 """
 
 from lesioncl.crop.box import (

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lesioncl.pretrain.cache import open_crop_cache
+from lesioncl.crop.cache import open_crop_cache
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from lesioncl.evaluation.features import autocast, load_crop_cache, normalize, to_float
 from lesioncl.evaluation.metrics import N_LEVELS, quadratic_kappa
-from lesioncl.pretrain.cache import csv_path_of
+from lesioncl.crop.cache import csv_path_of
 
 
 def knn_predict(

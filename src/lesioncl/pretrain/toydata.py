@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lesioncl.pretrain.cache import build_crop_cache
+from lesioncl.crop.cache import build_crop_cache
 
 
 def render_crop(

@@ -60,7 +60,7 @@ from lesioncl.progress import format_duration, progress
 
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
-from lesioncl.pretrain.cache import open_crop_cache
+from lesioncl.crop.cache import open_crop_cache
 from lesioncl.pretrain.data import (
     TRAIN_STREAM,
     VAL_STREAM,

@@ -13,7 +13,7 @@ import yaml
 from docutils.core import publish_parts
 
 from conftest import REPO
-from lesioncl.frontpage import (
+from lesioncl.report.frontpage import (
     PAPER_KAPPA,
     build_front_page,
     data_description,

@@ -1,7 +1,7 @@
 """Rule report_front_page: the report's front page (front_page.rst)."""
 
 from lesioncl.adapter import run
-from lesioncl.frontpage import build_front_page
+from lesioncl.report.frontpage import build_front_page
 
 
 def main(job):

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lesioncl.plotting import pyplot, save_png
 from lesioncl.idrid import CLASS_COLOURS
-from lesioncl.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,7 @@ def draw_detector_qc(
     ``detector`` (a :class:`lesioncl.detector.inference.LesionDetector`) may be passed
     to reuse a loaded model; by default it is built from ``config_path``/``weights_path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
 
@@ -117,7 +114,5 @@ def draw_detector_qc(
     handles = [Patch(edgecolor=CLASS_COLOURS.get(c, "white"), facecolor="none", label=names[c]) for c in sorted(names)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out_png, dpi=110)
     return {"images": drawn, "score_threshold": score_threshold}

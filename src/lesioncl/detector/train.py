@@ -44,6 +44,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from lesioncl.plotting import pyplot, save_png
 from lesioncl.backbones import backbone_state_dict, build_resnet
 from lesioncl.detector.config import build_mmdet_config, read_coco_classes
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, write_json
@@ -352,10 +353,7 @@ def _ap(value: float) -> float:
 
 def plot_training(scalars_json: str | os.PathLike, metrics: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     """Loss curves, test mAP@0.5 during training and the final per-class AP@0.5."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     train: list[dict[str, Any]] = []
     val: list[dict[str, Any]] = []
@@ -390,6 +388,4 @@ def plot_training(scalars_json: str | os.PathLike, metrics: Mapping[str, Any], o
     ax.set_ylabel("AP@0.5")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out_png, dpi=100)

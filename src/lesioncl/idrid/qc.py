@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesioncl.utils import atomic_path
+from lesioncl.plotting import pyplot, save_png
 
 log = logging.getLogger("lesioncl.idrid")
 
@@ -29,10 +29,7 @@ def draw_qc(
 
     Returns the file names drawn.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
 
@@ -85,7 +82,5 @@ def draw_qc(
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, out_png, dpi=120)
     return [im["file_name"] for im in chosen]

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from lesioncl.plotting import pyplot, save_png
 from lesioncl.lesions.predict import index_key
 
-from lesioncl.utils import atomic_path
 
 log = logging.getLogger("lesioncl.lesions")
 
@@ -19,10 +19,7 @@ log = logging.getLogger("lesioncl.lesions")
 # --------------------------------------------------------------------------- pictures
 def plot_summary(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None:
     """Boxes-per-image histograms per split and the filter counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
@@ -48,9 +45,7 @@ def plot_summary(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None
                  f"side <= {f.get('max_box_size')}, margin {f.get('border_margin')})", fontsize=9)
     ax.set_ylabel("boxes")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out_png, dpi=100)
 
 
 def plot_qc(
@@ -63,10 +58,7 @@ def plot_qc(
     size: int = 512,
 ) -> None:
     """A grid of crops (``path`` of the manifest) with their kept boxes drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
     from PIL import Image
 
@@ -90,6 +82,4 @@ def plot_qc(
     if not chosen:
         axes[0, 0].text(0.5, 0.5, "no image has a kept box", ha="center", va="center")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, out_png, dpi=100)

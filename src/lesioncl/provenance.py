@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .utils import write_json
+from lesioncl.utils import write_json
 
 PROVENANCE_NAME = "provenance.json"
 
@@ -63,18 +63,18 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
     :class:`lesioncl.eyepacs.EyepacsError` / :class:`lesioncl.idrid.IdridLayoutError`)
     naming the path and the fix.
     """
-    from .eyepacs.common import EyepacsError
-    from .idrid import IdridLayoutError
+    from lesioncl.eyepacs.common import EyepacsError
+    from lesioncl.idrid import IdridLayoutError
 
     try:
         eyepacs = config.get("eyepacs", {})
         if eyepacs.get("source") == "folder" and eyepacs.get("raw_dir"):
-            from .eyepacs.labels import check_raw_layout
+            from lesioncl.eyepacs.labels import check_raw_layout
 
             check_raw_layout(eyepacs["raw_dir"])
         idrid = config.get("idrid", {})
         if idrid.get("source") == "path" and idrid.get("path"):
-            from .idrid import check_idrid_path
+            from lesioncl.idrid import check_idrid_path
 
             check_idrid_path(idrid["path"])
     except (EyepacsError, IdridLayoutError) as exc:

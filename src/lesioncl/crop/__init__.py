@@ -65,15 +65,15 @@ The public names of the first five are importable from here.
 
 from lesioncl.crop.box import (
     BOX_METHODS,
-    CropParams,
-    CropReject,
-    CropResult,
     DCT_SCALES,
     LABEL_COLUMNS,
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
     REJECT_REASONS,
     SHARD_COLUMNS,
+    CropParams,
+    CropReject,
+    CropResult,
     box_too_small,
     choose_box,
     decode_factor,
@@ -91,6 +91,12 @@ from lesioncl.crop.decode import (
     detect_size,
     save_jpeg,
 )
+from lesioncl.crop.merge import (
+    merge_shards,
+)
+from lesioncl.crop.qc import (
+    qc_figure,
+)
 from lesioncl.crop.shards import (
     CropTask,
     crop_shard,
@@ -98,12 +104,6 @@ from lesioncl.crop.shards import (
     read_labels,
     run_tasks,
     shard_rows,
-)
-from lesioncl.crop.merge import (
-    merge_shards,
-)
-from lesioncl.crop.qc import (
-    qc_figure,
 )
 
 __all__ = [

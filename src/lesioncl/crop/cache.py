@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from lesioncl.progress import progress
 
+from lesioncl.progress import progress
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def build_crop_cache(
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
 
         def load(i: int) -> None:
-            array[i] = decode_crop(paths[i], size)
+            array[i] = decode_crop(paths[i], size)  # noqa: F821 - deleted only after the pool
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             # PIL releases the GIL while decoding, so threads scale.

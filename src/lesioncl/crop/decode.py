@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import (
+    Image,
+    ImageFile,
+    ImageFilter,
+    UnidentifiedImageError,
+)
+
 from lesioncl.crop.box import (
     DCT_SCALES,
     CropParams,
@@ -20,13 +27,6 @@ from lesioncl.crop.box import (
     search_factor,
     square_box,
 )
-from PIL import (
-    Image,
-    ImageFile,
-    ImageFilter,
-    UnidentifiedImageError,
-)
-
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger("lesioncl.crop")

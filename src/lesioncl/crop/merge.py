@@ -8,6 +8,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
 from lesioncl.crop.box import (
     BOX_METHODS,
     DCT_SCALES,
@@ -18,7 +19,6 @@ from lesioncl.crop.box import (
 )
 from lesioncl.crop.qc import qc_figure
 from lesioncl.crop.shards import read_labels, shard_rows
-
 from lesioncl.utils import atomic_path, write_json
 
 log = logging.getLogger("lesioncl.crop")

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
 from lesioncl.crop.box import LABEL_COLUMNS, SHARD_COLUMNS, CropParams, CropReject
 from lesioncl.crop.decode import crop_image
-
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger("lesioncl.crop")

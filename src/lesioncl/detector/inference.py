@@ -71,9 +71,9 @@ class LesionDetector:
     """The trained detector, ready for batched inference."""
 
     def __init__(self, config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str = "auto") -> None:
-        from mmengine.config import Config
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
+        from mmengine.config import Config
 
         from lesioncl.detector.compat import apply_patches, check_mmcv_cuda_ops
 
@@ -118,6 +118,7 @@ class LesionDetector:
     ) -> Iterator[Detections]:
         """Detections for every image in ``paths`` (in order), ``batch_size`` at a time."""
         from mmengine.dataset import pseudo_collate
+
         from lesioncl.progress import progress
 
         paths = [str(p) for p in paths]

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lesioncl.plotting import pyplot, save_png
 from lesioncl.idrid import CLASS_COLOURS
+from lesioncl.plotting import pyplot, save_png
 
 log = logging.getLogger(__name__)
 

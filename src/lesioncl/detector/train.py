@@ -44,9 +44,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from lesioncl.plotting import pyplot, save_png
 from lesioncl.backbones import backbone_state_dict, build_resnet
 from lesioncl.detector.config import build_mmdet_config, read_coco_classes
+from lesioncl.plotting import pyplot, save_png
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ def train_detector(
     ``resume_dir``: where mmengine trains and keeps its resume checkpoints (default:
     ``<work_dir>_checkpoints`` beside ``work_dir``).
     """
-    from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
 
     from lesioncl.detector.compat import apply_patches, check_mmcv_cuda_ops, use_device
 

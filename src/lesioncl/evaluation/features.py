@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from lesioncl.progress import progress
 
 from lesioncl.backbones import build_resnet
+from lesioncl.progress import progress
 from lesioncl.utils import atomic_path, seed_everything
 
 log = logging.getLogger(__name__)

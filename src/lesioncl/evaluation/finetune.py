@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from lesioncl.progress import progress
 
 from lesioncl.backbones import feature_dim
 from lesioncl.evaluation.features import (
@@ -58,6 +57,7 @@ from lesioncl.evaluation.metrics import (
     quadratic_kappa,
     tune_thresholds,
 )
+from lesioncl.progress import progress
 from lesioncl.utils import atomic_path, seed_everything, write_json
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from lesioncl.progress import progress
 
 from lesioncl.evaluation.features import load_features
 from lesioncl.evaluation.fractions import read_fractions
 from lesioncl.evaluation.metrics import N_LEVELS, classification_metrics, quadratic_kappa
+from lesioncl.progress import progress
 from lesioncl.utils import write_json
 
 log = logging.getLogger(__name__)

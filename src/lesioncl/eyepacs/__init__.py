@@ -15,7 +15,7 @@ synthetic generator)::
     raw/retinopathy_solution.csv          image,level,Usage (Public | Private)
 """
 
-from .common import (
+from lesioncl.eyepacs.common import (
     EXPECTED_COUNTS,
     IMAGE_EXT,
     LABEL_FILES,

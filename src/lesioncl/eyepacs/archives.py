@@ -28,10 +28,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lesioncl.eyepacs.common import IMAGE_DIRS, IMAGE_EXT, LABEL_FILES, EyepacsError
 from lesioncl.progress import progress
-
-from ..utils import atomic_path, write_json
-from .common import IMAGE_DIRS, IMAGE_EXT, LABEL_FILES, EyepacsError
+from lesioncl.utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..utils import atomic_path
-from .archives import PART_RE, SINGLE_RE
-from .common import IMAGE_DIRS, LABEL_FILES, EyepacsError
+from lesioncl.eyepacs.archives import PART_RE, SINGLE_RE
+from lesioncl.eyepacs.common import IMAGE_DIRS, LABEL_FILES, EyepacsError
+from lesioncl.utils import atomic_path
 
 log = logging.getLogger(__name__)
 

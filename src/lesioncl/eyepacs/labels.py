@@ -37,8 +37,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..utils import atomic_path, write_json
-from .common import (
+from lesioncl.eyepacs.common import (
     EXPECTED_COUNTS,
     IMAGE_DIRS,
     IMAGE_EXT,
@@ -50,6 +49,7 @@ from .common import (
     EyepacsError,
     parse_image_names,
 )
+from lesioncl.utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

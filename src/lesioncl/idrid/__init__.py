@@ -46,30 +46,6 @@ The parts: :mod:`.sources` (names, zip or folder), :mod:`.layout` (scan and vali
 :mod:`.qc` (the QC picture). Their public names are importable from here.
 """
 
-from lesioncl.idrid.sources import (
-    CATEGORIES,
-    FolderSource,
-    IMAGES_DIR,
-    IdridLayoutError,
-    IdridSource,
-    LAYOUT_HELP,
-    LESIONS,
-    Lesion,
-    MASKS_DIR,
-    OPTIC_DISC,
-    SEGMENTATION_DIR,
-    SPLITS,
-    ZipSource,
-    check_idrid_path,
-    open_idrid_source,
-    source_path,
-)
-from lesioncl.idrid.layout import (
-    IdridImage,
-    check_sizes,
-    load_layout,
-    scan_layout,
-)
 from lesioncl.idrid.boxes import (
     binarise,
     mask_to_boxes,
@@ -80,9 +56,33 @@ from lesioncl.idrid.boxes import (
 from lesioncl.idrid.coco import (
     build_idrid_coco,
 )
+from lesioncl.idrid.layout import (
+    IdridImage,
+    check_sizes,
+    load_layout,
+    scan_layout,
+)
 from lesioncl.idrid.qc import (
     CLASS_COLOURS,
     draw_qc,
+)
+from lesioncl.idrid.sources import (
+    CATEGORIES,
+    IMAGES_DIR,
+    LAYOUT_HELP,
+    LESIONS,
+    MASKS_DIR,
+    OPTIC_DISC,
+    SEGMENTATION_DIR,
+    SPLITS,
+    FolderSource,
+    IdridLayoutError,
+    IdridSource,
+    Lesion,
+    ZipSource,
+    check_idrid_path,
+    open_idrid_source,
+    source_path,
 )
 
 __all__ = [

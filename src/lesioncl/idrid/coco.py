@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
 from lesioncl.idrid.boxes import (
     binarise,
     mask_to_boxes,
@@ -27,7 +28,6 @@ from lesioncl.idrid.sources import (
     IdridSource,
     open_idrid_source,
 )
-
 from lesioncl.utils import write_json
 
 log = logging.getLogger("lesioncl.idrid")

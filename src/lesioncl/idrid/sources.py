@@ -56,8 +56,8 @@ LAYOUT_HELP = (
     f"Expected the official IDRiD layout: '{SEGMENTATION_DIR}/{IMAGES_DIR}/"
     f"{{{', '.join(SPLITS.values())}}}/IDRiD_NN.jpg' and '{SEGMENTATION_DIR}/"
     f"{MASKS_DIR}/{{{', '.join(SPLITS.values())}}}/"
-    f"{{{', '.join(l.folder for l in (*LESIONS, OPTIC_DISC))}}}/IDRiD_NN_"
-    f"{{{','.join(l.code for l in (*LESIONS, OPTIC_DISC))}}}.tif'. "
+    f"{{{', '.join(les.folder for les in (*LESIONS, OPTIC_DISC))}}}/IDRiD_NN_"
+    f"{{{','.join(les.code for les in (*LESIONS, OPTIC_DISC))}}}.tif'. "
     "Fix: set idrid.path to the unmodified official 'A. Segmentation' zip or its "
     "unpacked folder, or correct the files listed above."
 )

@@ -38,8 +38,8 @@ The parts: :mod:`.predict` (rule ``lesions_predict``), :mod:`.index` (rule
 
 from lesioncl.lesions.fileformat import (
     BOX_COLUMNS,
-    DETECTION_COLUMNS,
     DET_BOX_COLUMNS,
+    DETECTION_COLUMNS,
     FILTER_REASONS,
     MANIFEST_COLUMNS,
     ROUND_DECIMALS,
@@ -49,19 +49,19 @@ from lesioncl.lesions.fileformat import (
     validate_index,
     write_lesion_index,
 )
-from lesioncl.lesions.predict import (
-    index_key,
-    predict_shard,
-    read_crop_manifest,
-    rescale_boxes,
-    shard_rows,
-)
 from lesioncl.lesions.index import (
     build_lesion_index,
     filter_reasons,
     make_index,
     read_detections,
     summarise,
+)
+from lesioncl.lesions.predict import (
+    index_key,
+    predict_shard,
+    read_crop_manifest,
+    rescale_boxes,
+    shard_rows,
 )
 from lesioncl.lesions.qc import (
     plot_qc,

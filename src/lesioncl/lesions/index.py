@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
 from lesioncl.lesions.fileformat import (
     BOX_COLUMNS,
     DETECTION_COLUMNS,
@@ -20,7 +21,6 @@ from lesioncl.lesions.fileformat import (
 )
 from lesioncl.lesions.predict import index_key, read_crop_manifest
 from lesioncl.lesions.qc import plot_qc, plot_summary
-
 from lesioncl.utils import write_json
 
 log = logging.getLogger("lesioncl.lesions")

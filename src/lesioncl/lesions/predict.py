@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from lesioncl.lesions.fileformat import (
     BOX_COLUMNS,
     DET_BOX_COLUMNS,
@@ -17,7 +18,6 @@ from lesioncl.lesions.fileformat import (
     MANIFEST_COLUMNS,
     SPLITS,
 )
-
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger("lesioncl.lesions")

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from lesioncl.plotting import pyplot, save_png
-from lesioncl.lesions.predict import index_key
 
+from lesioncl.lesions.predict import index_key
+from lesioncl.plotting import pyplot, save_png
 
 log = logging.getLogger("lesioncl.lesions")
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lesioncl.crop.cache import csv_path_of
 from lesioncl.evaluation.features import autocast, load_crop_cache, normalize, to_float
 from lesioncl.evaluation.metrics import N_LEVELS, quadratic_kappa
-from lesioncl.crop.cache import csv_path_of
 
 
 def knn_predict(

@@ -56,11 +56,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from lesioncl.progress import format_duration, progress
 
+from lesioncl.crop.cache import open_crop_cache
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
-from lesioncl.crop.cache import open_crop_cache
 from lesioncl.pretrain.data import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -69,6 +68,7 @@ from lesioncl.pretrain.data import (
     WholeImageDataset,
 )
 from lesioncl.pretrain.loss import SupConLoss
+from lesioncl.progress import format_duration, progress
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)

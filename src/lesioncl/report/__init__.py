@@ -12,9 +12,17 @@ The parts: :mod:`.tables` (rule ``kappa_table``), :mod:`.figures` (the plot rule
 names of the first two are importable from here.
 """
 
+from lesioncl.report.figures import (
+    confusion_plot_from_results,
+    kappa_plot_from_table,
+    plot_confusion_matrices,
+    plot_finetune_curves,
+    plot_kappa_vs_fraction,
+    plot_pretrain_curves,
+)
 from lesioncl.report.tables import (
-    EVALUATIONS,
     EVALUATION_TITLES,
+    EVALUATIONS,
     TABLE_COLUMNS,
     build_kappa_table,
     format_cell,
@@ -23,14 +31,6 @@ from lesioncl.report.tables import (
     kappa_table,
     load_results,
     write_tables,
-)
-from lesioncl.report.figures import (
-    confusion_plot_from_results,
-    kappa_plot_from_table,
-    plot_confusion_matrices,
-    plot_finetune_curves,
-    plot_kappa_vs_fraction,
-    plot_pretrain_curves,
 )
 
 __all__ = [

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from lesioncl.report.tables import EVALUATION_TITLES, fraction_label, load_results
 
 from lesioncl.plotting import pyplot, save_png
+from lesioncl.report.tables import EVALUATION_TITLES, fraction_label, load_results
 
 log = logging.getLogger("lesioncl.report")
 

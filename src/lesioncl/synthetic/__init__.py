@@ -50,7 +50,7 @@ only grade these images by finding their lesions: the property the demo's claim
 (lesion-based pretraining beats random initialisation) rests on.
 """
 
-from .datasets import (
+from lesioncl.synthetic.datasets import (
     BAD_KINDS,
     IDRID_IMAGES,
     IDRID_MASK_TYPES,
@@ -66,8 +66,15 @@ from .datasets import (
     idrid_paths,
     plan_eyepacs,
 )
-from .grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
-from .render import Geometry, Lesion, Rendered, eyepacs_geometry, idrid_geometry, render_fundus
+from lesioncl.synthetic.grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
+from lesioncl.synthetic.render import (
+    Geometry,
+    Lesion,
+    Rendered,
+    eyepacs_geometry,
+    idrid_geometry,
+    render_fundus,
+)
 
 __all__ = [
     "BAD_KINDS", "IDRID_IMAGES", "IDRID_MASK_TYPES", "IDRID_MASKS", "IDRID_ROOT", "IDRID_SETS",

@@ -22,10 +22,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from lesioncl.progress import progress
 
-from ..utils import atomic_path, worker_context
-from .grading import (
+from lesioncl.progress import progress
+from lesioncl.synthetic.grading import (
     DEFAULT_EYEPACS_GRADES,
     DEFAULT_IDRID_GRADES,
     HAEMORRHAGE,
@@ -39,7 +38,8 @@ from .grading import (
     icdr_grade,
     sample_lesion_counts,
 )
-from .render import Rendered, eyepacs_geometry, idrid_geometry, render_fundus
+from lesioncl.synthetic.render import Rendered, eyepacs_geometry, idrid_geometry, render_fundus
+from lesioncl.utils import atomic_path, worker_context
 
 log = logging.getLogger(__name__)
 

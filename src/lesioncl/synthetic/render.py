@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .grading import (
+from lesioncl.synthetic.grading import (
     HAEMORRHAGE,
     HARD_EXUDATE,
     LESION_KINDS,
@@ -111,7 +111,7 @@ class Rendered:
         return n
 
     def haemorrhage_quadrants(self) -> int:
-        return len({self.geometry.quadrant(l.x, l.y) for l in self.lesions if l.kind == HAEMORRHAGE})
+        return len({self.geometry.quadrant(les.x, les.y) for les in self.lesions if les.kind == HAEMORRHAGE})
 
     def lesion_mask(self, *kinds: str) -> np.ndarray:
         mask = np.zeros((self.geometry.height, self.geometry.width), bool)

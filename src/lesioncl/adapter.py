@@ -49,12 +49,16 @@ class Job:
         An input function may return ``[]`` (no file, e.g. a random initialisation) or a
         one-item list; Snakemake hands both over as a (maybe empty) list.
         """
-        value = self.input.get(name) if hasattr(self.input, "get") else getattr(self.input, name, None)
+        value = (
+            self.input.get(name) if hasattr(self.input, "get") else getattr(self.input, name, None)
+        )
         if value is None:
             return None
         files = [value] if isinstance(value, str) else list(value)
         if len(files) > 1:
-            raise ValueError(f"rule {self.rule}: input {name} has {len(files)} files, expected at most one")
+            raise ValueError(
+                f"rule {self.rule}: input {name} has {len(files)} files, expected at most one"
+            )
         return str(files[0]) if files else None
 
     def device(self, key: str = "device") -> str:
@@ -107,7 +111,9 @@ def run(
         try:
             import torch
         except ImportError as err:  # a data-only environment
-            raise RuntimeError(f"rule {job.rule}: torch_threads needs torch (envs/torch.yaml)") from err
+            raise RuntimeError(
+                f"rule {job.rule}: torch_threads needs torch (envs/torch.yaml)"
+            ) from err
         torch.set_num_threads(job.threads)
     try:
         return main(job)

@@ -58,7 +58,7 @@ def imagenet_weights_path(arch: str, weights: str | os.PathLike | None = None) -
     raise FileNotFoundError(
         f"ImageNet weights for {arch} are not available offline: expected {cached}. "
         f"Put torchvision's {IMAGENET_FILES[arch]} there once, on a machine with internet access "
-        f"and the same TORCH_HOME: python -c \"import torchvision.models as m; "
+        f'and the same TORCH_HOME: python -c "import torchvision.models as m; '
         f"m.{arch}(weights='IMAGENET1K_V1')\" (README, 'Running on real data'); or name the "
         "file in the config's `weights`, or use init: random."
     )
@@ -90,19 +90,23 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         if key.startswith(("fc.", "head.", "projector.", "projection.")):
             continue
         cleaned[key] = value
     return cleaned
 
 
-def build_resnet(arch: str, init: str = "random", weights: str | os.PathLike | None = None) -> nn.Module:
+def build_resnet(
+    arch: str, init: str = "random", weights: str | os.PathLike | None = None
+) -> nn.Module:
     """A torchvision ResNet with ``fc`` replaced by identity (forward gives pooled features)."""
     _check_arch(arch)
     model = getattr(torchvision.models, arch)(weights=None)
     if init == "imagenet":
-        _load_into(model, load_state_dict(imagenet_weights_path(arch, weights)), source=f"ImageNet {arch}")
+        _load_into(
+            model, load_state_dict(imagenet_weights_path(arch, weights)), source=f"ImageNet {arch}"
+        )
     elif init == "path":
         if not weights:
             raise ValueError("init: path needs `weights` (a state_dict file)")

@@ -20,8 +20,17 @@ from typing import Any
 PRETRAIN_METRICS = ("epoch/train_loss", "epoch/val_loss", "epoch/knn_kappa", "epoch/pairs_per_s")
 FINETUNE_METRICS = ("finetune/val_kappa", "finetune/val_loss", "finetune/train_loss")
 #: Paths and switches that do not change what a pretraining run computes.
-_PRETRAIN_SKIP = {"train_cache", "val_cache", "lesion_index", "out_dir", "checkpoint", "workers",
-                  "checkpoint_every", "resume", "log_images"}
+_PRETRAIN_SKIP = {
+    "train_cache",
+    "val_cache",
+    "lesion_index",
+    "out_dir",
+    "checkpoint",
+    "workers",
+    "checkpoint_every",
+    "resume",
+    "log_images",
+}
 
 
 def plain_value(value: Any) -> bool | int | float | str:
@@ -57,11 +66,17 @@ def pretrain_hparams(cfg, *, global_batch: int, world_size: int) -> dict[str, An
     return values
 
 
-def finetune_hparams(settings, *, method: str, fraction: float, seed: int, arch: str,
-                     n_train: int) -> dict[str, Any]:
+def finetune_hparams(
+    settings, *, method: str, fraction: float, seed: int, arch: str, n_train: int
+) -> dict[str, Any]:
     """What decides a fine-tuning run (method, label fraction, seed and the FinetuneSettings)."""
-    values = {"method": method, "fraction": float(fraction), "seed": int(seed), "arch": arch,
-              "n_train": int(n_train)}
+    values = {
+        "method": method,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "arch": arch,
+        "n_train": int(n_train),
+    }
     for key, value in dataclasses.asdict(settings).items():
         if isinstance(value, Mapping):  # nested settings (augmentation): flattened
             values.update({f"{key}.{k}": v for k, v in value.items()})

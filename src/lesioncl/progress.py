@@ -64,8 +64,11 @@ def _is_tty(stream: Any) -> bool:
 
 
 def _terminal_handler(handler: logging.Handler) -> bool:
-    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            and _is_tty(handler.stream))
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and _is_tty(handler.stream)
+    )
 
 
 class Progress:
@@ -117,8 +120,16 @@ class Progress:
         if not self.disable and (mode == "bar" or (mode == "auto" and _is_tty(stream))):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=stream,
-                            dynamic_ncols=True, mininterval=mininterval or 0.5)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                leave=leave,
+                file=stream,
+                dynamic_ncols=True,
+                mininterval=mininterval or 0.5,
+            )
 
     # ---- tqdm-compatible interface -------------------------------------------------
     def __iter__(self) -> Iterator:
@@ -154,7 +165,9 @@ class Progress:
             self.lines += 1
             self._emit(self.line(now))
 
-    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
         items = dict(ordered_dict or {}, **kwargs)
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
         if self.bar is not None:
@@ -182,8 +195,11 @@ class Progress:
             eta = (self.total - self.n) / rate if rate and rate > 0 else math.nan
         else:
             count, eta = f"{self.n} {self.unit}", math.nan
-        parts = [count, f"{rate:.3g} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s",
-                 f"elapsed {format_duration(now - self.start)}"]
+        parts = [
+            count,
+            f"{rate:.3g} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s",
+            f"elapsed {format_duration(now - self.start)}",
+        ]
         if self.total:
             parts.append(f"ETA {format_duration(eta)}")
         if self.postfix:
@@ -192,9 +208,15 @@ class Progress:
 
     def final_line(self, now: float) -> str:
         rate = self.rate(now)
-        done = "done" if self.total is None or self.n >= self.total else f"stopped at {self.n}/{self.total}"
-        text = (f"{self.desc + ': ' if self.desc else ''}{done}, {self.n - self.initial} {self.unit} in "
-                f"{format_duration(now - self.start)}")
+        done = (
+            "done"
+            if self.total is None or self.n >= self.total
+            else f"stopped at {self.n}/{self.total}"
+        )
+        text = (
+            f"{self.desc + ': ' if self.desc else ''}{done}, {self.n - self.initial} {self.unit} in "
+            f"{format_duration(now - self.start)}"
+        )
         if math.isfinite(rate):
             text += f" ({rate:.3g} {self.unit}/s)"
         return text + (f", {self.postfix}" if self.postfix else "")

@@ -87,8 +87,11 @@ def sources_hash(sources: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_stamp(config: Mapping[str, Any], configfiles: Iterable[str | os.PathLike] = (),
-               overrides: Iterable[str] = ()) -> dict[str, Any]:
+def make_stamp(
+    config: Mapping[str, Any],
+    configfiles: Iterable[str | os.PathLike] = (),
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
     """The provenance record of a run with ``config``."""
     sources = data_sources(config)
     return {
@@ -134,8 +137,9 @@ def _describe(stamp: Mapping[str, Any]) -> str:
     return f"{files}{extra}: {ep_text}; {id_text}"
 
 
-def check_provenance(results_dir: str | os.PathLike, stamp: Mapping[str, Any],
-                     allow_change: bool = False) -> str:
+def check_provenance(
+    results_dir: str | os.PathLike, stamp: Mapping[str, Any], allow_change: bool = False
+) -> str:
     """Compare ``stamp`` with the stamp of ``results_dir`` before any job runs.
 
     Returns 'new' (no stamp yet), 'same' or 'changed' (different data, allowed);
@@ -165,8 +169,9 @@ def check_provenance(results_dir: str | os.PathLike, stamp: Mapping[str, Any],
     )
 
 
-def write_provenance(results_dir: str | os.PathLike, stamp: Mapping[str, Any],
-                     allow_change: bool = False) -> Path:
+def write_provenance(
+    results_dir: str | os.PathLike, stamp: Mapping[str, Any], allow_change: bool = False
+) -> Path:
     """Write the stamp when the folder has none (or a different one, when allowed).
 
     The previous stamp of an allowed change is kept in ``history``. An existing stamp

@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterator, Mapping
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(
+    log_file: str | os.PathLike | None = None, level: int = logging.INFO
+) -> logging.Logger:
     """Log to ``log_file`` (and stderr). Returns the package logger.
 
     Snakemake scripts call this with ``snakemake.log[0]`` so that every job has a
@@ -105,8 +107,15 @@ def seed_everything(seed: int) -> None:
 
 # Variables through which a scheduler hands a job its GPUs (SLURM sets the first
 # ones for --gpus/--gres jobs; CUDA_VISIBLE_DEVICES also by other schedulers).
-_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS",
-                  "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK", "CUDA_VISIBLE_DEVICES")
+_GPU_VARIABLES = (
+    "SLURM_JOB_GPUS",
+    "SLURM_STEP_GPUS",
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS",
+    "SLURM_GPUS_PER_NODE",
+    "SLURM_GPUS_PER_TASK",
+    "CUDA_VISIBLE_DEVICES",
+)
 # Set to 1 to accept the CPU inside a job that was given GPUs (device: auto), e.g.
 # the fake GPUs of scripts/slurm/local_cluster.py.
 CPU_FALLBACK_VARIABLE = "LESIONCL_CPU_FALLBACK"
@@ -130,16 +139,22 @@ def assigned_gpus(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-def nvidia_driver_version(run: Callable[..., Any] | None = None,
-                          proc_file: str | os.PathLike = "/proc/driver/nvidia/version") -> str | None:
+def nvidia_driver_version(
+    run: Callable[..., Any] | None = None,
+    proc_file: str | os.PathLike = "/proc/driver/nvidia/version",
+) -> str | None:
     """The NVIDIA driver version (nvidia-smi, else /proc/driver/nvidia/version); None if absent."""
     import re
     import subprocess
 
     run = subprocess.run if run is None else run
     try:
-        out = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                  capture_output=True, text=True, timeout=30)
+        out = run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         lines = [line.strip() for line in (out.stdout or "").splitlines() if line.strip()]
         if out.returncode == 0 and lines:
             return f"{lines[0]} (nvidia-smi)"
@@ -149,34 +164,49 @@ def nvidia_driver_version(run: Callable[..., Any] | None = None,
         text = Path(proc_file).read_text()
     except OSError:
         return None
-    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"(\d{3,}\.\d+(?:\.\d+)?)", text)
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(
+        r"(\d{3,}\.\d+(?:\.\d+)?)", text
+    )
     return f"{m.group(1)} ({proc_file})" if m else None
 
 
-def no_gpu_message(why: str, torch_cuda: str | None, torch_version: str, driver: str | None,
-                   cuda_warnings: list[str] = ()) -> str:
+def no_gpu_message(
+    why: str,
+    torch_cuda: str | None,
+    torch_version: str,
+    driver: str | None,
+    cuda_warnings: list[str] = (),
+) -> str:
     """The message of a job that asked for a GPU and sees none: what, versions, the fix."""
     if torch_cuda is None:
         build = f"torch {torch_version} is a CPU-only build (torch.version.cuda is None)"
-        fix = ("install the CUDA build of torch (make setup / the conda env on a GPU node), "
-               "or run on the CPU with device: cpu")
+        fix = (
+            "install the CUDA build of torch (make setup / the conda env on a GPU node), "
+            "or run on the CPU with device: cpu"
+        )
     else:
         build = f"torch {torch_version} is built for CUDA {torch_cuda}"
         major = torch_cuda.split(".")[0]
         need = "580 or newer" if major == "13" else f"one that supports CUDA {torch_cuda}"
         if driver is None:
-            fix = ("no NVIDIA driver was found on this node (no nvidia-smi, no "
-                   "/proc/driver/nvidia/version): check that the job landed on a GPU node and "
-                   "that the partition's nodes have the driver; or run on the CPU with device: cpu")
+            fix = (
+                "no NVIDIA driver was found on this node (no nvidia-smi, no "
+                "/proc/driver/nvidia/version): check that the job landed on a GPU node and "
+                "that the partition's nodes have the driver; or run on the CPU with device: cpu"
+            )
         else:
-            fix = (f"a CUDA {torch_cuda} build needs an NVIDIA driver {need}: ask the cluster's "
-                   "admins for a newer driver or use nodes that have one, or install a torch "
-                   "built for the CUDA the driver supports (nvidia-smi shows it); or run on the "
-                   "CPU with device: cpu")
+            fix = (
+                f"a CUDA {torch_cuda} build needs an NVIDIA driver {need}: ask the cluster's "
+                "admins for a newer driver or use nodes that have one, or install a torch "
+                "built for the CUDA the driver supports (nvidia-smi shows it); or run on the "
+                "CPU with device: cpu"
+            )
     said = f" torch said: {' | '.join(cuda_warnings)}." if cuda_warnings else ""
-    return (f"{why}, but torch sees no CUDA GPU. NVIDIA driver: "
-            f"{driver or 'not found'}; {build}.{said} Fix: {fix}. Stopped before any work so "
-            "that a GPU job does not run for days on the CPU.")
+    return (
+        f"{why}, but torch sees no CUDA GPU. NVIDIA driver: "
+        f"{driver or 'not found'}; {build}.{said} Fix: {fix}. Stopped before any work so "
+        "that a GPU job does not run for days on the CPU."
+    )
 
 
 def resolve_device(name: str = "auto", environ: Mapping[str, str] | None = None) -> str:
@@ -207,12 +237,21 @@ def resolve_device(name: str = "auto", environ: Mapping[str, str] | None = None)
         given = assigned_gpus(env)
         if given is None or env.get(CPU_FALLBACK_VARIABLE) == "1":
             return "cpu"
-        why = (f"device is 'auto' and this job was given GPUs ({given}; set "
-               f"{CPU_FALLBACK_VARIABLE}=1 to accept the CPU)")
+        why = (
+            f"device is 'auto' and this job was given GPUs ({given}; set "
+            f"{CPU_FALLBACK_VARIABLE}=1 to accept the CPU)"
+        )
     else:
         why = "config: device is 'cuda'"
-    raise RuntimeError(no_gpu_message(why, torch.version.cuda, torch.__version__, nvidia_driver_version(),
-                                      [str(w.message) for w in caught]))
+    raise RuntimeError(
+        no_gpu_message(
+            why,
+            torch.version.cuda,
+            torch.__version__,
+            nvidia_driver_version(),
+            [str(w.message) for w in caught],
+        )
+    )
 
 
 @contextmanager

@@ -13,7 +13,9 @@ def main(job):
         arch=job.params.arch,
         weights=job.optional_input("weights"),
         imagenet_weights=job.params.imagenet_weights,
-        cache={split: (inp[f"{split}_npy"], inp[f"{split}_csv"]) for split in ("train", "val", "test")},
+        cache={
+            split: (inp[f"{split}_npy"], inp[f"{split}_csv"]) for split in ("train", "val", "test")
+        },
         fractions_csv=inp.fractions,
         output=job.output.result,
         history_csv=job.output.history,

@@ -16,7 +16,14 @@ def main(job):
     hp = dict(job.params.train)
     gpus = int(hp.pop("gpus"))
     ops = job.operational(
-        "pretrain", "workers", "checkpoint_every", "compile", "channels_last", "knn_probe", "knn_k", "knn_max_train"
+        "pretrain",
+        "workers",
+        "checkpoint_every",
+        "compile",
+        "channels_last",
+        "knn_probe",
+        "knn_k",
+        "knn_max_train",
     )
     cfg = PretrainConfig(
         mode=job.params.mode,
@@ -32,7 +39,9 @@ def main(job):
         checkpoint_every=ops["checkpoint_every"],
         compile=ops["compile"],
         channels_last=ops["channels_last"],
-        probe_size=job.operational("evaluation", "input_size")["input_size"] if ops["knn_probe"] else 0,
+        probe_size=job.operational("evaluation", "input_size")["input_size"]
+        if ops["knn_probe"]
+        else 0,
         probe_k=ops["knn_k"],
         probe_max_train=ops["knn_max_train"],
         **hp,

@@ -1,6 +1,5 @@
 """The crop's settings, results and table columns, and its box logic (foreground box, centred square)."""
 
-
 import logging
 import math
 from dataclasses import dataclass
@@ -26,14 +25,46 @@ BOX_METHODS = ("foreground", "square", "square_small_box", "square_no_foreground
 DCT_SCALES = (8, 4, 2, 1)
 LABEL_COLUMNS = ("image", "patient_id", "eye", "level", "split", "path")
 MANIFEST_COLUMNS = (
-    "image", "patient_id", "eye", "level", "split", "path", "det_path", "det_width",
-    "det_height", "orig_width", "orig_height", "box_x1", "box_y1", "box_x2", "box_y2",
+    "image",
+    "patient_id",
+    "eye",
+    "level",
+    "split",
+    "path",
+    "det_path",
+    "det_width",
+    "det_height",
+    "orig_width",
+    "orig_height",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
 )
 REJECT_COLUMNS = ("image", "split", "level", "path", "reason")
 SHARD_COLUMNS = (
-    "row", "image", "patient_id", "eye", "level", "split", "raw_path", "status",
-    "reason", "detail", "path", "det_path", "det_width", "det_height", "orig_width",
-    "orig_height", "box_x1", "box_y1", "box_x2", "box_y2", "box_method", "decode_scale",
+    "row",
+    "image",
+    "patient_id",
+    "eye",
+    "level",
+    "split",
+    "raw_path",
+    "status",
+    "reason",
+    "detail",
+    "path",
+    "det_path",
+    "det_width",
+    "det_height",
+    "orig_width",
+    "orig_height",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    "box_method",
+    "decode_scale",
 )
 
 # The 5x5 kernel of PIL's ImageFilter.BLUR (sum 16).
@@ -60,11 +91,15 @@ class CropParams:
         if self.size < 1:
             raise ValueError(f"crop.size must be positive, got {self.size}")
         if self.detect_max_size is not None and self.detect_max_size < 1:
-            raise ValueError(f"crop.detect_max_size must be positive or null, got {self.detect_max_size}")
+            raise ValueError(
+                f"crop.detect_max_size must be positive or null, got {self.detect_max_size}"
+            )
         if self.strip_divisor < 1:
             raise ValueError(f"crop.strip_divisor must be >= 1, got {self.strip_divisor}")
         if not 0 <= self.min_box_fraction <= 1:
-            raise ValueError(f"crop.min_box_fraction must lie in [0, 1], got {self.min_box_fraction}")
+            raise ValueError(
+                f"crop.min_box_fraction must lie in [0, 1], got {self.min_box_fraction}"
+            )
         if not 1 <= self.detect_quality <= 100:
             raise ValueError(f"crop.detect_quality must lie in [1, 100], got {self.detect_quality}")
 
@@ -122,7 +157,9 @@ def pil_blur(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def foreground_box(arr: np.ndarray, bright_margin: float, strip_divisor: int) -> tuple[int, int, int, int] | None:
+def foreground_box(
+    arr: np.ndarray, bright_margin: float, strip_divisor: int
+) -> tuple[int, int, int, int] | None:
     """Bounding rectangle (x1, y1, x2, y2; exclusive ends) of the pixels brighter than the border.
 
     ``arr`` is the (blurred) (h, w, 3) uint8 image. Background = per-channel maximum over
@@ -132,7 +169,7 @@ def foreground_box(arr: np.ndarray, bright_margin: float, strip_divisor: int) ->
     """
     h, w = arr.shape[:2]
     strip = max(w // strip_divisor, 1)
-    background = np.maximum(arr[:, :strip].max(axis=(0, 1)), arr[:, w - strip:].max(axis=(0, 1)))
+    background = np.maximum(arr[:, :strip].max(axis=(0, 1)), arr[:, w - strip :].max(axis=(0, 1)))
     mask = None
     for c in range(arr.shape[2]):
         # pixel > bg + margin for integer pixels <=> pixel >= floor(bg + margin) + 1
@@ -155,7 +192,9 @@ def is_wide(width: int, height: int, params: CropParams) -> bool:
 
 
 def box_too_small(box: Sequence[int], height: int, params: CropParams) -> bool:
-    return (box[2] - box[0]) < params.min_box_fraction * height or (box[3] - box[1]) < params.min_box_fraction * height
+    return (box[2] - box[0]) < params.min_box_fraction * height or (
+        box[3] - box[1]
+    ) < params.min_box_fraction * height
 
 
 def smallest_box_side(width: int, height: int, params: CropParams) -> float:
@@ -179,7 +218,11 @@ def decode_factor(width: int, height: int, params: CropParams, with_detect: bool
             continue
         if bound / k < params.size:
             continue
-        if with_detect and k > 1 and (params.detect_max_size is None or bound / k < params.detect_max_size):
+        if (
+            with_detect
+            and k > 1
+            and (params.detect_max_size is None or bound / k < params.detect_max_size)
+        ):
             continue
         return k
     return 1
@@ -218,5 +261,3 @@ def choose_box(
     if box_too_small(box, height, params):
         return square_box(width, height), "square_small_box"
     return box, "foreground"
-
-

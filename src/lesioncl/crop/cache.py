@@ -111,8 +111,11 @@ def _npy_payload(npy_path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     try:
         with open(npy_path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(fh)
             offset = fh.tell()
     except (OSError, ValueError, SyntaxError) as exc:
@@ -156,7 +159,12 @@ def open_crop_cache(npy_path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFra
         )
     array = np.load(npy_path, mmap_mode="r")
     rows = pd.read_csv(csv_path, dtype={"image": str, "split": str})
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or array.shape[1] != array.shape[2]:
+    if (
+        array.dtype != np.uint8
+        or array.ndim != 4
+        or array.shape[3] != 3
+        or array.shape[1] != array.shape[2]
+    ):
         raise ValueError(
             f"{npy_path}: expected a uint8 (N, S, S, 3) array, found {array.dtype} {array.shape}; "
             "delete it and rerun the crop_cache rule"

@@ -1,6 +1,5 @@
 """Decoding at a reduced DCT scale and cropping one image (:func:`crop_image`; :func:`crop_reference`: the plain original)."""
 
-
 import io
 import logging
 import math
@@ -176,7 +175,8 @@ def crop_image(
     mean = float(search_arr.mean())
     if mean < params.min_mean_intensity:
         raise CropReject(
-            "blank", f"mean intensity {mean:.2f} < crop.min_mean_intensity {params.min_mean_intensity}"
+            "blank",
+            f"mean intensity {mean:.2f} < crop.min_mean_intensity {params.min_mean_intensity}",
         )
     box, method = choose_box(width, height, search_arr, k_search, params)
 
@@ -186,7 +186,9 @@ def crop_image(
         save_jpeg(crop, out_path, 100)
     if det_path is not None:
         dw, dh = detect_size(box, params.detect_max_size)
-        save_jpeg(_resize_from(im, [c / k_dec for c in box], (dw, dh)), det_path, params.detect_quality)
+        save_jpeg(
+            _resize_from(im, [c / k_dec for c in box], (dw, dh)), det_path, params.detect_quality
+        )
         result.det_width, result.det_height = dw, dh
     return result
 
@@ -207,7 +209,7 @@ def crop_reference(
     if w > params.wide_ratio * h:
         ba = np.asarray(img.filter(ImageFilter.BLUR)).astype(np.int32)
         strip = max(w // params.strip_divisor, 1)
-        background = np.maximum(ba[:, :strip].max(axis=(0, 1)), ba[:, w - strip:].max(axis=(0, 1)))
+        background = np.maximum(ba[:, :strip].max(axis=(0, 1)), ba[:, w - strip :].max(axis=(0, 1)))
         foreground = (ba > background + params.bright_margin).any(axis=2)
         ys, xs = np.nonzero(foreground)
         if xs.size == 0:
@@ -215,10 +217,11 @@ def crop_reference(
         else:
             box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             method = "foreground"
-            if box[2] - box[0] < params.min_box_fraction * h or box[3] - box[1] < params.min_box_fraction * h:
+            if (
+                box[2] - box[0] < params.min_box_fraction * h
+                or box[3] - box[1] < params.min_box_fraction * h
+            ):
                 box, method = None, "square_small_box"
     if box is None:
         box = square_box(w, h)
     return img.crop(box).resize((params.size, params.size), Image.LANCZOS), box, method
-
-

@@ -1,6 +1,5 @@
 """The shard tables merged into the manifest, the rejects and the summary (rule crop_merge)."""
 
-
 import logging
 import os
 from pathlib import Path
@@ -56,9 +55,20 @@ def merge_shards(
         raise ValueError(f"expected the shard tables 0..{n_shards - 1}, got shards {shards}")
     parts = []
     for t in tables:
-        part = pd.read_csv(t, dtype={"image": str, "patient_id": str, "eye": str, "split": str,
-                                      "raw_path": str, "path": str, "det_path": str, "reason": str,
-                                      "detail": str})
+        part = pd.read_csv(
+            t,
+            dtype={
+                "image": str,
+                "patient_id": str,
+                "eye": str,
+                "split": str,
+                "raw_path": str,
+                "path": str,
+                "det_path": str,
+                "reason": str,
+                "detail": str,
+            },
+        )
         missing = [c for c in SHARD_COLUMNS if c not in part.columns]
         if missing:
             raise ValueError(f"{t}: missing column(s) {missing}; rerun rule crop_shard")
@@ -73,8 +83,12 @@ def merge_shards(
             raise ValueError(f"{t}: image names differ from {labels_csv}; rerun rule crop_shard")
         parts.append(part)
     table = pd.concat(parts, ignore_index=True).sort_values("row").reset_index(drop=True)
-    if len(table) != len(labels) or not np.array_equal(table["row"].to_numpy(), np.arange(len(labels))):
-        raise ValueError(f"the shard tables do not cover the {len(labels)} rows of {labels_csv} exactly once")
+    if len(table) != len(labels) or not np.array_equal(
+        table["row"].to_numpy(), np.arange(len(labels))
+    ):
+        raise ValueError(
+            f"the shard tables do not cover the {len(labels)} rows of {labels_csv} exactly once"
+        )
 
     bad_status = set(table["status"]) - {"ok", "rejected"}
     if bad_status:
@@ -87,13 +101,26 @@ def merge_shards(
     absent = [p for p in ok["path"] if not Path(p).is_file()]
     absent += [p for p in ok["det_path"] if not Path(p).is_file()]
     if absent:
-        raise ValueError(f"{len(absent)} crop file(s) listed as cropped do not exist, e.g. {absent[:3]}; "
-                         "rerun rule crop_shard")
+        raise ValueError(
+            f"{len(absent)} crop file(s) listed as cropped do not exist, e.g. {absent[:3]}; "
+            "rerun rule crop_shard"
+        )
 
-    int_columns = ["det_width", "det_height", "orig_width", "orig_height", "box_x1", "box_y1", "box_x2",
-                   "box_y2", "decode_scale"]
+    int_columns = [
+        "det_width",
+        "det_height",
+        "orig_width",
+        "orig_height",
+        "box_x1",
+        "box_y1",
+        "box_x2",
+        "box_y2",
+        "decode_scale",
+    ]
     if ok[int_columns + ["path", "det_path", "box_method"]].isna().any().any():
-        raise ValueError("a cropped row of the shard tables lacks its paths, sizes or box; rerun rule crop_shard")
+        raise ValueError(
+            "a cropped row of the shard tables lacks its paths, sizes or box; rerun rule crop_shard"
+        )
     ok = ok.astype({c: "int64" for c in int_columns})
     manifest = ok[list(MANIFEST_COLUMNS)]
     rejects = rej.drop(columns="path").rename(columns={"raw_path": "path"})[list(REJECT_COLUMNS)]
@@ -110,8 +137,10 @@ def merge_shards(
         "cropped": count(ok),
         "rejected": count(rej),
         "reasons": {r: int((rej["reason"] == r).sum()) for r in REJECT_REASONS},
-        "reasons_by_split": {s: {r: int(((rej["reason"] == r) & (rej["split"] == s)).sum())
-                                 for r in REJECT_REASONS} for s in splits},
+        "reasons_by_split": {
+            s: {r: int(((rej["reason"] == r) & (rej["split"] == s)).sum()) for r in REJECT_REASONS}
+            for s in splits
+        },
         "box_method": {m: int((ok["box_method"] == m).sum()) for m in BOX_METHODS},
         "decode_scale": {str(k): int((ok["decode_scale"] == k).sum()) for k in DCT_SCALES},
     }
@@ -122,16 +151,23 @@ def merge_shards(
         raise ValueError(f"reject reasons do not add up: {summary}")
     write_json(summary_path, summary)
 
-    log.info("crop summary: %d input = %d cropped + %d rejected", summary["input"]["total"],
-             summary["cropped"]["total"], summary["rejected"]["total"])
+    log.info(
+        "crop summary: %d input = %d cropped + %d rejected",
+        summary["input"]["total"],
+        summary["cropped"]["total"],
+        summary["rejected"]["total"],
+    )
     for s in splits:
-        log.info("  %s: %d input = %d cropped + %d rejected", s, summary["input"][s],
-                 summary["cropped"][s], summary["rejected"][s])
+        log.info(
+            "  %s: %d input = %d cropped + %d rejected",
+            s,
+            summary["input"][s],
+            summary["cropped"][s],
+            summary["rejected"][s],
+        )
     for reason, n in summary["reasons"].items():
         if n:
             log.warning("  rejected as %s: %d", reason, n)
     if qc_path is not None:
         qc_figure(ok, summary, qc_path, qc_images)
     return summary
-
-

@@ -1,6 +1,5 @@
 """QC picture: a few crops of each box method beside the summary."""
 
-
 import logging
 import os
 
@@ -28,8 +27,9 @@ def _qc_pick(methods: pd.Series, n: int) -> list[int]:
     return sorted(picks[:n])
 
 
-def qc_figure(cropped: pd.DataFrame, summary: dict, path: str | os.PathLike, n: int = 6,
-              tile: int = 256) -> None:
+def qc_figure(
+    cropped: pd.DataFrame, summary: dict, path: str | os.PathLike, n: int = 6, tile: int = 256
+) -> None:
     """A few raw images with their crop box (red) beside their crops; counts underneath.
 
     ``cropped`` holds shard-table rows (raw_path, path, box_*, orig_*, box_method).
@@ -53,15 +53,27 @@ def qc_figure(cropped: pd.DataFrame, summary: dict, path: str | os.PathLike, n: 
         draw.rectangle([5 + x1, y0 + y1, 5 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
         with Image.open(r["path"]) as crop:
             canvas.paste(crop.convert("RGB").resize((tile, tile), Image.LANCZOS), (raw_w + 20, y0))
-        draw.text((5, y0 + tile + 3),
-                  f"{r['image']} ({r['split']}, level {r['level']}): {w}x{h}, box "
-                  f"({r['box_x1']}, {r['box_y1']}, {r['box_x2']}, {r['box_y2']}) {r['box_method']}",
-                  fill="black", font=font)
+        draw.text(
+            (5, y0 + tile + 3),
+            f"{r['image']} ({r['split']}, level {r['level']}): {w}x{h}, box "
+            f"({r['box_x1']}, {r['box_y1']}, {r['box_x2']}, {r['box_y2']}) {r['box_method']}",
+            fill="black",
+            font=font,
+        )
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items() if v) or "none"
     y = len(picks) * row_h + 8
-    draw.text((5, y), f"{summary['input']['total']} images: {summary['cropped']['total']} cropped, "
-                      f"{summary['rejected']['total']} rejected ({reasons})", fill="black", font=font)
-    draw.text((5, y + 20), "left: raw image with the crop box (red); right: the crop",
-              fill="black", font=font)
+    draw.text(
+        (5, y),
+        f"{summary['input']['total']} images: {summary['cropped']['total']} cropped, "
+        f"{summary['rejected']['total']} rejected ({reasons})",
+        fill="black",
+        font=font,
+    )
+    draw.text(
+        (5, y + 20),
+        "left: raw image with the crop box (red); right: the crop",
+        fill="black",
+        font=font,
+    )
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")

@@ -1,6 +1,5 @@
 """One shard of labels.csv cropped in a process pool (rule crop_shard)."""
 
-
 import logging
 import os
 import time
@@ -31,7 +30,9 @@ def shard_rows(n_rows: int, shard: int, n_shards: int) -> np.ndarray:
 
 def read_labels(labels_csv: str | os.PathLike) -> pd.DataFrame:
     """The labels table, checked: required columns, unique image names."""
-    labels = pd.read_csv(labels_csv, dtype={"image": str, "patient_id": str, "eye": str, "split": str, "path": str})
+    labels = pd.read_csv(
+        labels_csv, dtype={"image": str, "patient_id": str, "eye": str, "split": str, "path": str}
+    )
     missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
     if missing:
         raise ValueError(
@@ -72,9 +73,18 @@ def _crop_task(task: CropTask) -> dict:
         raise RuntimeError(f"cropping {task.src} failed unexpectedly: {exc!r}") from exc
     x1, y1, x2, y2 = res.box
     return {
-        **base, "path": task.out, "det_path": task.det, "det_width": res.det_width,
-        "det_height": res.det_height, "orig_width": res.orig_width, "orig_height": res.orig_height,
-        "box_x1": x1, "box_y1": y1, "box_x2": x2, "box_y2": y2, "box_method": res.box_method,
+        **base,
+        "path": task.out,
+        "det_path": task.det,
+        "det_width": res.det_width,
+        "det_height": res.det_height,
+        "orig_width": res.orig_width,
+        "orig_height": res.orig_height,
+        "box_x1": x1,
+        "box_y1": y1,
+        "box_x2": x2,
+        "box_y2": y2,
+        "box_method": res.box_method,
         "decode_scale": res.decode_scale,
     }
 
@@ -101,8 +111,13 @@ def run_tasks(tasks: Sequence[CropTask], workers: int, desc: str = "crop") -> li
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     with worker_context() as ctx, ctx.Pool(workers, initializer=init_worker) as pool:
         return list(
-            progress(pool.imap(_crop_task, tasks, chunksize=chunk), total=len(tasks), desc=desc,
-                 unit="img", mininterval=2)
+            progress(
+                pool.imap(_crop_task, tasks, chunksize=chunk),
+                total=len(tasks),
+                desc=desc,
+                unit="img",
+                mininterval=2,
+            )
         )
 
 
@@ -124,31 +139,60 @@ def crop_shard(
     det_dir.mkdir(parents=True, exist_ok=True)
     part = labels.iloc[rows]
     tasks = [
-        CropTask(int(i), str(r.image), str(r.path), str(crops_dir / f"{r.image}.jpeg"),
-              str(det_dir / f"{r.image}.jpeg"), params)
+        CropTask(
+            int(i),
+            str(r.image),
+            str(r.path),
+            str(crops_dir / f"{r.image}.jpeg"),
+            str(det_dir / f"{r.image}.jpeg"),
+            params,
+        )
         for i, r in zip(rows, part.itertuples(index=False))
     ]
-    log.info("shard %d/%d: %d of %d images, %d worker(s), params %s", shard, n_shards, len(tasks),
-             len(labels), workers, asdict(params))
+    log.info(
+        "shard %d/%d: %d of %d images, %d worker(s), params %s",
+        shard,
+        n_shards,
+        len(tasks),
+        len(labels),
+        workers,
+        asdict(params),
+    )
     t0 = time.perf_counter()
     results = run_tasks(tasks, workers, desc=f"crop shard {shard}")
     elapsed = time.perf_counter() - t0
-    meta = part.rename(columns={"path": "raw_path"})[["image", "patient_id", "eye", "level", "split", "raw_path"]]
+    meta = part.rename(columns={"path": "raw_path"})[
+        ["image", "patient_id", "eye", "level", "split", "raw_path"]
+    ]
     table = pd.concat([meta.reset_index(drop=True), pd.DataFrame(results)], axis=1)
     table = table.reindex(columns=list(SHARD_COLUMNS))
-    for column in ("det_width", "det_height", "orig_width", "orig_height", "box_x1", "box_y1",
-                   "box_x2", "box_y2", "decode_scale"):
+    for column in (
+        "det_width",
+        "det_height",
+        "orig_width",
+        "orig_height",
+        "box_x1",
+        "box_y1",
+        "box_x2",
+        "box_y2",
+        "decode_scale",
+    ):
         table[column] = table[column].astype("Int64")
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False)
 
     n_ok = int((table["status"] == "ok").sum())
-    log.info("shard %d: %d images in %.1f s (%.1f images/s): %d cropped, %d rejected",
-             shard, len(table), elapsed, len(table) / max(elapsed, 1e-9), n_ok, len(table) - n_ok)
+    log.info(
+        "shard %d: %d images in %.1f s (%.1f images/s): %d cropped, %d rejected",
+        shard,
+        len(table),
+        elapsed,
+        len(table) / max(elapsed, 1e-9),
+        n_ok,
+        len(table) - n_ok,
+    )
     for method, n in Counter(table.loc[table["status"] == "ok", "box_method"]).most_common():
         log.info("  box %s: %d", method, n)
     for _, r in table[table["status"] != "ok"].iterrows():
         log.warning("  rejected %s (%s): %s", r["image"], r["reason"], r["detail"])
     return table
-
-

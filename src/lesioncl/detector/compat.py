@@ -93,7 +93,7 @@ def check_mmcv_cuda_ops(device: str, ops_version: str | None = None) -> None:
         f"the detector runs on {device} but mmcv was built without its CUDA ops "
         f"(mmcv.ops.get_compiling_cuda_version(): {version}), so RoIAlign/NMS would fail "
         "on the first batch. Rebuild it in this environment on a machine with nvcc "
-        f"matching torch's CUDA {torch_cuda}: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\"8.0;9.0\" "
+        f'matching torch\'s CUDA {torch_cuda}: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" '
         "bash envs/torch.post-deploy.sh (with --use-conda: add cuda-nvcc and "
         "cuda-cudart-dev to envs/torch.yaml and recreate the env; the build caches a "
         "'-cuda' wheel under ${XDG_CACHE_HOME:-~/.cache}/lesioncl/wheels). Or run the "

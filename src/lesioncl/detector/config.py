@@ -57,7 +57,9 @@ def read_coco_classes(coco_json: str | os.PathLike) -> tuple[str, ...]:
     try:
         cats = json.loads(path.read_text())["categories"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a COCO detection json with 'categories' ({err}); rerun the idrid rule") from err
+        raise ValueError(
+            f"{path}: not a COCO detection json with 'categories' ({err}); rerun the idrid rule"
+        ) from err
     names = tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"]))
     if names != CLASSES:
         raise ValueError(
@@ -114,7 +116,9 @@ def mmdet_config_dict(
         norm_cfg=dict(type="BN", requires_grad=True),
         norm_eval=pretrained,
         style="pytorch",
-        init_cfg=dict(type="Pretrained", checkpoint=str(backbone_checkpoint)) if pretrained else None,
+        init_cfg=dict(type="Pretrained", checkpoint=str(backbone_checkpoint))
+        if pretrained
+        else None,
     )
     fpn = int(hp["fpn_channels"])
     model = dict(
@@ -191,7 +195,12 @@ def mmdet_config_dict(
                 pos_weight=-1,
                 debug=False,
             ),
-            rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rpn_proposal=dict(
+                nms_pre=2000,
+                max_per_img=1000,
+                nms=dict(type="nms", iou_threshold=0.7),
+                min_bbox_size=0,
+            ),
             rcnn=dict(
                 assigner=dict(
                     type="MaxIoUAssigner",
@@ -213,7 +222,12 @@ def mmdet_config_dict(
             ),
         ),
         test_cfg=dict(
-            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rpn=dict(
+                nms_pre=1000,
+                max_per_img=1000,
+                nms=dict(type="nms", iou_threshold=0.7),
+                min_bbox_size=0,
+            ),
             rcnn=dict(
                 score_thr=float(hp["score_thr"]),
                 nms=dict(type="nms", iou_threshold=float(hp["nms_iou"])),
@@ -235,7 +249,10 @@ def mmdet_config_dict(
     test_pipeline = [
         dict(type="LoadImageFromFile"),
         dict(type="Resize", scale=img_scale, keep_ratio=True),
-        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+        dict(
+            type="PackDetInputs",
+            meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+        ),
     ]
     loader_common = dict(num_workers=workers, persistent_workers=workers > 0)
     train_dataloader = dict(
@@ -273,7 +290,13 @@ def mmdet_config_dict(
     param_scheduler = []
     if int(hp["warmup_iters"]) > 0:
         param_scheduler.append(
-            dict(type="LinearLR", start_factor=WARMUP_RATIO, by_epoch=False, begin=0, end=int(hp["warmup_iters"]))
+            dict(
+                type="LinearLR",
+                start_factor=WARMUP_RATIO,
+                by_epoch=False,
+                begin=0,
+                end=int(hp["warmup_iters"]),
+            )
         )
     param_scheduler.append(
         dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True, milestones=steps, gamma=0.1)
@@ -295,7 +318,9 @@ def mmdet_config_dict(
         test_dataloader=val_dataloader,
         val_evaluator=evaluator,
         test_evaluator=evaluator,
-        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=int(hp["val_interval"])),
+        train_cfg=dict(
+            type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=int(hp["val_interval"])
+        ),
         val_cfg=dict(type="ValLoop"),
         test_cfg=dict(type="TestLoop"),
         optim_wrapper=dict(
@@ -317,7 +342,13 @@ def mmdet_config_dict(
             # per-epoch training states (optimizer, schedulers, loop position) only
             # serve to resume, and are deleted after the run.
             checkpoint=(
-                dict(type="CheckpointHook", interval=1, by_epoch=True, max_keep_ckpts=2, save_last=True)
+                dict(
+                    type="CheckpointHook",
+                    interval=1,
+                    by_epoch=True,
+                    max_keep_ckpts=2,
+                    save_last=True,
+                )
                 if resume_checkpoints
                 else None
             ),

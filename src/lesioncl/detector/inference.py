@@ -47,8 +47,14 @@ def load_plain_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: cannot be read with torch.load(weights_only=True) ({err}); it must be the "
             "plain state_dict written by detector_train (rerun that rule)"
         ) from err
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a plain state_dict (a dict of tensors); rerun detector_train")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise ValueError(
+            f"{path}: not a plain state_dict (a dict of tensors); rerun detector_train"
+        )
     return state
 
 
@@ -70,7 +76,9 @@ class _ImageDataset(torch.utils.data.Dataset):
 class LesionDetector:
     """The trained detector, ready for batched inference."""
 
-    def __init__(self, config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str = "auto") -> None:
+    def __init__(
+        self, config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str = "auto"
+    ) -> None:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
         from mmengine.config import Config
@@ -81,7 +89,9 @@ class LesionDetector:
         register_all_modules(init_default_scope=True)
         config_path = Path(config_path)
         if not config_path.is_file():
-            raise FileNotFoundError(f"detector config not found: {config_path}; run the detector_train rule")
+            raise FileNotFoundError(
+                f"detector config not found: {config_path}; run the detector_train rule"
+            )
         self.cfg = Config.fromfile(str(config_path))
         self.device = resolve_device(device)
         check_mmcv_cuda_ops(self.device)
@@ -98,8 +108,13 @@ class LesionDetector:
         self.classes = tuple(self.cfg.metainfo["classes"])
         model.dataset_meta = {"classes": self.classes}
         self.model = model.to(self.device).eval()
-        log.info("detector %s (%d classes) loaded from %s on %s", type(model).__name__,
-                 len(self.classes), weights_path, self.device)
+        log.info(
+            "detector %s (%d classes) loaded from %s on %s",
+            type(model).__name__,
+            len(self.classes),
+            weights_path,
+            self.device,
+        )
 
     def pipeline(self):
         from mmengine.dataset import Compose

@@ -31,7 +31,10 @@ def choose_test_images(coco: dict[str, Any], n_images: int) -> list[dict[str, An
     for ann in coco["annotations"]:
         by_image[ann["image_id"]] += 1
         classes.setdefault(ann["image_id"], set()).add(ann["category_id"])
-    ranked = sorted(coco["images"], key=lambda im: (-len(classes.get(im["id"], ())), -by_image[im["id"]], im["id"]))
+    ranked = sorted(
+        coco["images"],
+        key=lambda im: (-len(classes.get(im["id"], ())), -by_image[im["id"]], im["id"]),
+    )
     return ranked[: max(1, n_images)]
 
 
@@ -67,9 +70,13 @@ def draw_detector_qc(
         images, categories = coco["images"], coco["categories"]
         coco.setdefault("annotations", [])
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{test_ann}: not a COCO detection json ({err}); rerun rule idrid_coco") from err
+        raise ValueError(
+            f"{test_ann}: not a COCO detection json ({err}); rerun rule idrid_coco"
+        ) from err
     if not images:
-        raise ValueError(f"{test_ann}: has no images; the IDRiD testing set is empty (rerun rule idrid_coco)")
+        raise ValueError(
+            f"{test_ann}: has no images; the IDRiD testing set is empty (rerun rule idrid_coco)"
+        )
     names = {c["id"]: c["name"] for c in categories}
     chosen = choose_test_images(coco, n_images)
     paths = [test_images / im["file_name"] for im in chosen]
@@ -85,7 +92,9 @@ def draw_detector_qc(
     detections = list(detector.predict(paths, batch_size=1, workers=0, desc="detector QC"))
 
     aspect = chosen[0]["height"] / chosen[0]["width"]
-    fig, axes = plt.subplots(len(chosen), 2, figsize=(12, 6 * aspect * len(chosen) + 0.8), squeeze=False)
+    fig, axes = plt.subplots(
+        len(chosen), 2, figsize=(12, 6 * aspect * len(chosen) + 0.8), squeeze=False
+    )
     drawn = []
     for row, im, det in zip(axes, chosen, detections):
         with Image.open(test_images / im["file_name"]) as img:
@@ -98,20 +107,56 @@ def draw_detector_qc(
             ax.axis("off")
         for ann in truth:
             x, y, w, h = ann["bbox"]
-            row[0].add_patch(Rectangle((x, y), w, h, fill=False, linewidth=0.9,
-                                       edgecolor=CLASS_COLOURS.get(ann["category_id"], "white")))
+            row[0].add_patch(
+                Rectangle(
+                    (x, y),
+                    w,
+                    h,
+                    fill=False,
+                    linewidth=0.9,
+                    edgecolor=CLASS_COLOURS.get(ann["category_id"], "white"),
+                )
+            )
         for (x1, y1, x2, y2), cid in zip(det.boxes[keep], pred_categories):
-            row[1].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=0.9,
-                                       edgecolor=CLASS_COLOURS.get(cid, "white")))
-        row[0].set_title(f"{im['file_name']}: ground truth ({_counts([a['category_id'] for a in truth], names)})",
-                         fontsize=8)
-        row[1].set_title(f"detector, score ≥ {score_threshold:g} "
-                         f"({_counts([c for c in pred_categories if c in names], names)})", fontsize=8)
-        drawn.append({"image": im["file_name"], "truth_boxes": len(truth), "predicted_boxes": int(keep.sum()),
-                      "all_predicted_boxes": int(len(det.scores))})
-        log.info("%s: %d ground-truth boxes, %d predicted at score >= %g (%d in all)", im["file_name"],
-                 len(truth), int(keep.sum()), score_threshold, len(det.scores))
-    handles = [Patch(edgecolor=CLASS_COLOURS.get(c, "white"), facecolor="none", label=names[c]) for c in sorted(names)]
+            row[1].add_patch(
+                Rectangle(
+                    (x1, y1),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    linewidth=0.9,
+                    edgecolor=CLASS_COLOURS.get(cid, "white"),
+                )
+            )
+        row[0].set_title(
+            f"{im['file_name']}: ground truth ({_counts([a['category_id'] for a in truth], names)})",
+            fontsize=8,
+        )
+        row[1].set_title(
+            f"detector, score ≥ {score_threshold:g} "
+            f"({_counts([c for c in pred_categories if c in names], names)})",
+            fontsize=8,
+        )
+        drawn.append(
+            {
+                "image": im["file_name"],
+                "truth_boxes": len(truth),
+                "predicted_boxes": int(keep.sum()),
+                "all_predicted_boxes": int(len(det.scores)),
+            }
+        )
+        log.info(
+            "%s: %d ground-truth boxes, %d predicted at score >= %g (%d in all)",
+            im["file_name"],
+            len(truth),
+            int(keep.sum()),
+            score_threshold,
+            len(det.scores),
+        )
+    handles = [
+        Patch(edgecolor=CLASS_COLOURS.get(c, "white"), facecolor="none", label=names[c])
+        for c in sorted(names)
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_png(fig, out_png, dpi=110)

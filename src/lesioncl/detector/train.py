@@ -60,7 +60,9 @@ def check_coco_images(ann_file: str | os.PathLike, images_dir: str | os.PathLike
         images = coco["images"]
         coco["annotations"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{ann_file}: not a COCO detection json ({err}); rerun the idrid rule") from err
+        raise ValueError(
+            f"{ann_file}: not a COCO detection json ({err}); rerun the idrid rule"
+        ) from err
     if not images:
         raise ValueError(f"{ann_file}: no images; check the IDRiD source (idrid.path)")
     missing = [im["file_name"] for im in images if not (images_dir / im["file_name"]).is_file()]
@@ -116,7 +118,9 @@ def resume_checkpoint(state_dir: Path, record: Mapping[str, Any]) -> Path | None
             same = False
         pointer = state_dir / "last_checkpoint"  # written by mmengine after each save
         if not same:
-            log.warning("%s: the interrupted run used other settings or data; starting over", state_dir)
+            log.warning(
+                "%s: the interrupted run used other settings or data; starting over", state_dir
+            )
         elif pointer.is_file():
             named = Path(pointer.read_text().strip())
             for candidate in (named, state_dir / named.name):
@@ -207,8 +211,12 @@ def train_detector(
 
     work = Path(work_dir)
     state = Path(resume_dir) if resume_dir else work.with_name(f"{work.name}_checkpoints")
-    record = {"detector": {k: hp[k] for k in sorted(hp)}, "seed": seed,
-              "train": _file_digest(train_ann), "test": _file_digest(test_ann)}
+    record = {
+        "detector": {k: hp[k] for k in sorted(hp)},
+        "seed": seed,
+        "train": _file_digest(train_ann),
+        "test": _file_digest(test_ann),
+    }
     resume_from = resume_checkpoint(state, record)
     backbone_file = prepare_backbone_init(hp, state / "backbone_init.pth")
     cfg = build_mmdet_config(
@@ -230,20 +238,32 @@ def train_detector(
     iters_per_epoch = -(-n_train // int(hp["batch_size"]))
     log.info(
         "training Faster R-CNN %s-FPN (init %s) on %d images, %d epochs x ~%d iterations, device %s",
-        hp["backbone"], hp["init"], n_train, hp["epochs"], iters_per_epoch, device,
+        hp["backbone"],
+        hp["init"],
+        n_train,
+        hp["epochs"],
+        iters_per_epoch,
+        device,
     )
     if resume_from is not None:
         cfg.resume, cfg.load_from = True, str(resume_from)
-        log.info("resumed from %s (%s of %d epochs done)", resume_from,
-                 resume_from.stem.removeprefix("epoch_"), int(hp["epochs"]))
+        log.info(
+            "resumed from %s (%s of %d epochs done)",
+            resume_from,
+            resume_from.stem.removeprefix("epoch_"),
+            int(hp["epochs"]),
+        )
     # mmengine keeps visualizers by name for the whole process: a fixed name would hand a
     # second run in one process (a resume, the tests) the first run's, saving into its
     # (maybe deleted) folder. A fresh name per run; the published config keeps the fixed one.
     cfg.visualizer["name"] = f"lesioncl-detector-{os.getpid()}-{time.time_ns()}"
     runner = Runner.from_cfg(cfg)
     # mmengine's logger does not propagate: copy its training lines into our log file too
-    shared = [h for h in logging.getLogger().handlers
-              if isinstance(h, logging.FileHandler) and h not in runner.logger.handlers]
+    shared = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and h not in runner.logger.handlers
+    ]
     for handler in shared:
         runner.logger.addHandler(handler)
     start = time.time()
@@ -260,14 +280,19 @@ def train_detector(
     del runner
     # publish the logs of every (resumed) run, not the checkpoints; then drop the state
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(state, work, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.pth", "last_checkpoint", RESUME_RECORD))
+    shutil.copytree(
+        state,
+        work,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.pth", "last_checkpoint", RESUME_RECORD),
+    )
     scalars = work / "scalars.json"
     scalars.write_text("".join(json.dumps(rec) + "\n" for rec in merged_scalars(state)))
     shutil.rmtree(state)
 
-    metrics = evaluate_detector(out_config, out_model, test_ann, test_images, device=device,
-                                workers=int(hp["workers"]))
+    metrics = evaluate_detector(
+        out_config, out_model, test_ann, test_images, device=device, workers=int(hp["workers"])
+    )
     metrics.update(
         train_seconds=round(train_seconds, 1),
         train_images=n_train,
@@ -278,8 +303,12 @@ def train_detector(
         init=hp["init"],
     )
     write_json(out_metrics, metrics)
-    log.info("test mAP %.4f, mAP@0.5 %.4f; per class AP@0.5 %s", metrics["mAP"], metrics["mAP_50"],
-             {k: v["AP_50"] for k, v in metrics["per_class"].items()})
+    log.info(
+        "test mAP %.4f, mAP@0.5 %.4f; per class AP@0.5 %s",
+        metrics["mAP"],
+        metrics["mAP_50"],
+        {k: v["AP_50"] for k, v in metrics["per_class"].items()},
+    )
     plot_training(scalars, metrics, out_curves)
     return metrics
 
@@ -304,7 +333,9 @@ def evaluate_detector(
     return coco_metrics(test_ann, test_images, dets, detector.classes)
 
 
-def coco_metrics(test_ann: str, test_images: str, detections: Iterable, classes: tuple[str, ...]) -> dict[str, Any]:
+def coco_metrics(
+    test_ann: str, test_images: str, detections: Iterable, classes: tuple[str, ...]
+) -> dict[str, Any]:
     """pycocotools bbox metrics of ``detections`` (:class:`inference.Detections`)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -319,13 +350,30 @@ def coco_metrics(test_ann: str, test_images: str, detections: Iterable, classes:
     results = []
     for det in detections:
         image_id = by_path[str(Path(det.path))]
-        for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-            results.append(dict(image_id=image_id, category_id=cat_ids[label],
-                                bbox=[x1, y1, x2 - x1, y2 - y1], score=float(score)))
+        for (x1, y1, x2, y2), score, label in zip(
+            det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()
+        ):
+            results.append(
+                dict(
+                    image_id=image_id,
+                    category_id=cat_ids[label],
+                    bbox=[x1, y1, x2 - x1, y2 - y1],
+                    score=float(score),
+                )
+            )
     gt_counts = {c: len(gt.getAnnIds(catIds=[c])) for c in cat_ids}
-    per_class = {name: {"AP": 0.0, "AP_50": 0.0, "gt_boxes": gt_counts[c]} for name, c in zip(classes, cat_ids)}
-    metrics: dict[str, Any] = {"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0, "per_class": per_class,
-                               "test_images": len(by_path), "detections": len(results)}
+    per_class = {
+        name: {"AP": 0.0, "AP_50": 0.0, "gt_boxes": gt_counts[c]}
+        for name, c in zip(classes, cat_ids)
+    }
+    metrics: dict[str, Any] = {
+        "mAP": 0.0,
+        "mAP_50": 0.0,
+        "mAP_75": 0.0,
+        "per_class": per_class,
+        "test_images": len(by_path),
+        "detections": len(results),
+    }
     if not results:
         log.warning("the detector found nothing on %s: all APs are 0", test_ann)
         return metrics
@@ -351,7 +399,9 @@ def _ap(value: float) -> float:
     return round(max(0.0, float(value)), 4)
 
 
-def plot_training(scalars_json: str | os.PathLike, metrics: Mapping[str, Any], out_png: str | os.PathLike) -> None:
+def plot_training(
+    scalars_json: str | os.PathLike, metrics: Mapping[str, Any], out_png: str | os.PathLike
+) -> None:
     """Loss curves, test mAP@0.5 during training and the final per-class AP@0.5."""
     plt = pyplot()
 
@@ -374,8 +424,12 @@ def plot_training(scalars_json: str | os.PathLike, metrics: Mapping[str, Any], o
     ax.legend(fontsize=8)
     ax = axes[1]
     if val:
-        ax.plot([r["step"] for r in val], [r["coco/bbox_mAP_50"] for r in val], "o-", label="mAP@0.5")
-        ax.plot([r["step"] for r in val], [r["coco/bbox_mAP"] for r in val], "s-", label="mAP@[.5:.95]")
+        ax.plot(
+            [r["step"] for r in val], [r["coco/bbox_mAP_50"] for r in val], "o-", label="mAP@0.5"
+        )
+        ax.plot(
+            [r["step"] for r in val], [r["coco/bbox_mAP"] for r in val], "s-", label="mAP@[.5:.95]"
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test set (monitoring only)")
@@ -384,7 +438,9 @@ def plot_training(scalars_json: str | os.PathLike, metrics: Mapping[str, Any], o
     values = [metrics["per_class"][n]["AP_50"] or 0.0 for n in names]
     ax.bar(names, values, color="tab:blue")
     ax.set_ylim(0, 1)
-    ax.set_title(f"final test: mAP@0.5 {metrics['mAP_50']:.3f}, mAP {metrics['mAP']:.3f}", fontsize=9)
+    ax.set_title(
+        f"final test: mAP@0.5 {metrics['mAP_50']:.3f}, mAP {metrics['mAP']:.3f}", fontsize=9
+    )
     ax.set_ylabel("AP@0.5")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()

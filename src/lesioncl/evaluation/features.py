@@ -36,7 +36,9 @@ def method_kind(method: str, extra_weights: dict | None = None) -> str:
         return "extra"
     if method in ("random", "imagenet"):
         return method
-    if method == "lesion_cl" or (method.startswith("simclr_") and method[len("simclr_"):].isdigit()):
+    if method == "lesion_cl" or (
+        method.startswith("simclr_") and method[len("simclr_") :].isdigit()
+    ):
         return "pretrained"
     raise ValueError(
         f"unknown evaluation method {method!r}: use lesion_cl, simclr_<size>, random, imagenet "
@@ -78,14 +80,23 @@ def build_method_backbone(
         ) from err
 
 
-def load_crop_cache(npy_path: str | os.PathLike, csv_path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
+def load_crop_cache(
+    npy_path: str | os.PathLike, csv_path: str | os.PathLike
+) -> tuple[np.ndarray, pd.DataFrame]:
     """The image cache (uint8 (N, S, S, 3), memory-mapped) and its rows (image, level, split)."""
     npy_path, csv_path = Path(npy_path), Path(csv_path)
     try:
         images = np.load(npy_path, mmap_mode="r")
     except (OSError, ValueError) as err:
-        raise ValueError(f"{npy_path}: not a readable .npy image cache ({err}); rerun rule crop_cache") from err
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(
+            f"{npy_path}: not a readable .npy image cache ({err}); rerun rule crop_cache"
+        ) from err
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[3] != 3
+        or images.shape[1] != images.shape[2]
+    ):
         raise ValueError(
             f"{npy_path}: expected uint8 (N, S, S, 3) RGB crops, got {images.dtype} {images.shape}; "
             "rerun rule crop_cache"
@@ -114,10 +125,14 @@ def autocast(device: str, amp: bool):
 def to_float(batch: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 NHWC RGB -> float NCHW in [0, 1], resized to ``size`` x ``size``."""
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}")
+        raise ValueError(
+            f"expected a uint8 (N, H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}"
+        )
     x = batch.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
     return x
 
 
@@ -142,7 +157,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         return (len(self.images) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        chunk = np.array(self.images[i * self.batch_size:(i + 1) * self.batch_size], copy=True)
+        chunk = np.array(self.images[i * self.batch_size : (i + 1) * self.batch_size], copy=True)
         return torch.from_numpy(chunk)
 
 
@@ -192,9 +207,13 @@ def extract_features(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    feats = predict(model, images, input_size, batch_size, device, amp, channels_last, workers, desc="features")
+    feats = predict(
+        model, images, input_size, batch_size, device, amp, channels_last, workers, desc="features"
+    )
     if feats.ndim != 2:
-        raise ValueError(f"expected pooled (N, D) features, got shape {feats.shape}; is fc an identity?")
+        raise ValueError(
+            f"expected pooled (N, D) features, got shape {feats.shape}; is fc an identity?"
+        )
     if not np.all(np.isfinite(feats)):
         raise ValueError("non-finite features: the backbone weights are broken")
     return feats.astype(np.float32)
@@ -232,10 +251,14 @@ def load_features(path: str | os.PathLike) -> dict:
         with np.load(path, allow_pickle=False) as data:
             out = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a features file ({err}); delete it and rerun rule eval_features") from err
+        raise ValueError(
+            f"{path}: not a features file ({err}); delete it and rerun rule eval_features"
+        ) from err
     needed = {"features", "levels", "images", "skipped"}
     if needed - set(out):
-        raise ValueError(f"{path}: missing arrays {sorted(needed - set(out))}; rerun rule eval_features")
+        raise ValueError(
+            f"{path}: missing arrays {sorted(needed - set(out))}; rerun rule eval_features"
+        )
     out["skipped"] = str(out["skipped"]) or None
     out["method"] = str(out.get("method", ""))
     out["split"] = str(out.get("split", ""))
@@ -269,15 +292,25 @@ def run_feature_extraction(
     except MethodUnavailable as err:
         log.warning(
             "method %s skipped: %s. Its results are marked as skipped; once the weights are "
-            "in place, rerun with --forcerun eval_features eval_finetune", method, err,
+            "in place, rerun with --forcerun eval_features eval_finetune",
+            method,
+            err,
         )
         save_features(output, np.zeros((0, 0), np.float32), [], [], method, split, skipped=str(err))
         return {"method": method, "split": split, "skipped": str(err)}
     log.info(
         "features of %s on %s: %d images %dpx -> %dpx, %s on %s",
-        method, split, len(images), images.shape[1], input_size, arch, device,
+        method,
+        split,
+        len(images),
+        images.shape[1],
+        input_size,
+        arch,
+        device,
     )
-    feats = extract_features(model, images, input_size, batch_size, device, amp, channels_last, workers)
+    feats = extract_features(
+        model, images, input_size, batch_size, device, amp, channels_last, workers
+    )
     save_features(output, feats, rows["level"].to_numpy(), rows["image"].astype(str), method, split)
     log.info("wrote %s: features %s", output, feats.shape)
     return {"method": method, "split": split, "shape": list(feats.shape), "skipped": None}

@@ -135,9 +135,7 @@ class BatchAugment:
         a21, a22 = -h * sin, h * cos
         b1 = cx - (a11 * tx + a12 * ty)
         b2 = cy - (a21 * tx + a22 * ty)
-        return torch.stack(
-            [torch.stack([a11, a12, b1], 1), torch.stack([a21, a22, b2], 1)], 1
-        )
+        return torch.stack([torch.stack([a11, a12, b1], 1), torch.stack([a21, a22, b2], 1)], 1)
 
 
 class Grader(nn.Module):
@@ -207,7 +205,9 @@ def load_checkpoint(path, fingerprint: str) -> dict | None:
         log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
         return None
     if ckpt.get("fingerprint") != fingerprint:
-        log.warning("checkpoint %s was written with other settings or inputs; starting from scratch", path)
+        log.warning(
+            "checkpoint %s was written with other settings or inputs; starting from scratch", path
+        )
         return None
     log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
     return ckpt
@@ -218,12 +218,20 @@ def save_checkpoint(path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def _loader(dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, repeat: int = 0):
+def _loader(
+    dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, repeat: int = 0
+):
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919 * repeat)
     drop_last = len(dataset) > batch_size  # avoid a BatchNorm batch of one; reshuffled each epoch
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=drop_last,
-        num_workers=workers, pin_memory=device.startswith("cuda"), persistent_workers=False,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
     )
 
 
@@ -233,7 +241,9 @@ def steps_per_epoch(n_images: int, batch_size: int, min_steps: int = 0) -> int:
     return max(natural, int(min_steps))
 
 
-def _epoch_batches(dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, steps: int):
+def _epoch_batches(
+    dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, steps: int
+):
     """``steps`` batches: passes over ``dataset``, each reshuffled, cut at ``steps``."""
     done, repeat = 0, 0
     while done < steps:
@@ -286,7 +296,11 @@ def finetune(
     dataset = IndexedImages(train_images, np.asarray(train_indices), np.asarray(train_levels))
     n_steps = steps_per_epoch(len(dataset), s.batch_size, s.min_steps_per_epoch)
     opt = torch.optim.SGD(
-        model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        model.parameters(),
+        lr=s.lr,
+        momentum=s.momentum,
+        nesterov=s.nesterov,
+        weight_decay=s.weight_decay,
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs * n_steps))
     start_epoch, history = 0, []
@@ -297,7 +311,11 @@ def finetune(
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-        best = {"kappa": float(ckpt["best_kappa"]), "epoch": int(ckpt["best_epoch"]), "state": ckpt["best_state"]}
+        best = {
+            "kappa": float(ckpt["best_kappa"]),
+            "epoch": int(ckpt["best_epoch"]),
+            "state": ckpt["best_state"],
+        }
     y_val = np.asarray(val_levels, dtype=np.int64)
 
     for epoch in range(start_epoch + 1, s.epochs + 1):
@@ -305,8 +323,13 @@ def finetune(
         model.train()
         gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
         total, seen = 0.0, 0
-        bar = progress(_epoch_batches(dataset, s.batch_size, seed, epoch, s.workers, device, n_steps),
-                   total=n_steps, desc=f"epoch {epoch}/{s.epochs}", unit="batch", mininterval=5)
+        bar = progress(
+            _epoch_batches(dataset, s.batch_size, seed, epoch, s.workers, device, n_steps),
+            total=n_steps,
+            desc=f"epoch {epoch}/{s.epochs}",
+            unit="batch",
+            mininterval=5,
+        )
         for imgs, levels in bar:
             x = to_float(imgs.to(device, non_blocking=True), s.input_size)
             x = normalize(augment(x, gen), s.channels_last)
@@ -315,7 +338,9 @@ def finetune(
                 out = model(x)
             loss = F.mse_loss(out.float(), y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch}; lower evaluation.finetune.lr")
+                raise FloatingPointError(
+                    f"non-finite training loss at epoch {epoch}; lower evaluation.finetune.lr"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -323,8 +348,17 @@ def finetune(
             total += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        scores = predict(model, val_images, s.input_size, s.eval_batch_size, device, s.amp,
-                         s.channels_last, s.workers, desc=f"val {epoch}").reshape(-1)
+        scores = predict(
+            model,
+            val_images,
+            s.input_size,
+            s.eval_batch_size,
+            device,
+            s.amp,
+            s.channels_last,
+            s.workers,
+            desc=f"val {epoch}",
+        ).reshape(-1)
         val_pred = predict_thresholds(scores, DEFAULT_THRESHOLDS)
         kappa = quadratic_kappa(y_val, val_pred)
         row = {
@@ -337,27 +371,49 @@ def finetune(
             "seconds": time.time() - t0,
         }
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val kappa %.4f", epoch,
-                 row["train_loss"], row["val_loss"], kappa)
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val kappa %.4f",
+            epoch,
+            row["train_loss"],
+            row["val_loss"],
+            kappa,
+        )
         if writer is not None:
             for key in ("train_loss", "val_loss", "val_kappa", "val_accuracy", "lr"):
                 value = row[key]
-                writer.add_scalar(f"finetune/{key}", 0.0 if not math.isfinite(value) else value, epoch)
+                writer.add_scalar(
+                    f"finetune/{key}", 0.0 if not math.isfinite(value) else value, epoch
+                )
             writer.flush()
         score = -math.inf if math.isnan(kappa) else kappa
         if best["state"] is None or score > best["kappa"]:
-            best = {"kappa": score, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "kappa": score,
+                "epoch": epoch,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         if checkpoint:
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                "best_state": best["state"], "best_epoch": best["epoch"],
-                "best_kappa": best["kappa"], "fingerprint": fingerprint,
-            })
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best_state": best["state"],
+                    "best_epoch": best["epoch"],
+                    "best_kappa": best["kappa"],
+                    "fingerprint": fingerprint,
+                },
+            )
     model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "best_val_kappa": best["kappa"], "history": history,
-            "steps": s.epochs * n_steps}
+    return {
+        "best_epoch": best["epoch"],
+        "best_val_kappa": best["kappa"],
+        "history": history,
+        "steps": s.epochs * n_steps,
+    }
 
 
 def write_history(path, history: list[dict]) -> None:
@@ -422,19 +478,37 @@ def run_finetune(
     idx = _rows_of(train_rows, frac["image"].tolist(), cache["train"][1])
     train_levels = frac["level"].to_numpy()
     if not np.array_equal(train_rows["level"].to_numpy()[idx], train_levels):
-        raise ValueError(f"{fractions_csv}: levels differ from {cache['train'][1]}; rerun the fractions rule")
+        raise ValueError(
+            f"{fractions_csv}: levels differ from {cache['train'][1]}; rerun the fractions rule"
+        )
     log.info(
         "fine-tune %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test; "
-        "%s at %dpx on %s", method, fraction, seed, len(train_levels),
-        np.bincount(train_levels, minlength=N_LEVELS).tolist(), len(val_rows), len(test_rows),
-        arch, settings.input_size, device,
+        "%s at %dpx on %s",
+        method,
+        fraction,
+        seed,
+        len(train_levels),
+        np.bincount(train_levels, minlength=N_LEVELS).tolist(),
+        len(val_rows),
+        len(test_rows),
+        arch,
+        settings.input_size,
+        device,
     )
-    fingerprint = _fingerprint({
-        "method": method, "fraction": fraction, "seed": seed, "arch": arch,
-        "weights": _file_stamp(weights), "settings": asdict(settings),
-        "fractions": _file_stamp(fractions_csv), "train": _file_stamp(cache["train"][0]),
-        "val": _file_stamp(cache["val"][0]), "device": device,
-    })
+    fingerprint = _fingerprint(
+        {
+            "method": method,
+            "fraction": fraction,
+            "seed": seed,
+            "arch": arch,
+            "weights": _file_stamp(weights),
+            "settings": asdict(settings),
+            "fractions": _file_stamp(fractions_csv),
+            "train": _file_stamp(cache["train"][0]),
+            "val": _file_stamp(cache["val"][0]),
+            "device": device,
+        }
+    )
     writer = None
     if tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
@@ -445,12 +519,32 @@ def run_finetune(
         # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
         from lesioncl.hparams import FINETUNE_METRICS, finetune_hparams, write_hparams
 
-        write_hparams(writer, finetune_hparams(settings, method=method, fraction=fraction, seed=seed, arch=arch,
-                                               n_train=len(train_levels)), FINETUNE_METRICS)
+        write_hparams(
+            writer,
+            finetune_hparams(
+                settings,
+                method=method,
+                fraction=fraction,
+                seed=seed,
+                arch=arch,
+                n_train=len(train_levels),
+            ),
+            FINETUNE_METRICS,
+        )
     try:
         fit = finetune(
-            model, train_all, train_levels, val_images, val_rows["level"].to_numpy(), settings,
-            train_indices=idx, seed=seed, device=device, checkpoint=checkpoint, fingerprint=fingerprint, writer=writer,
+            model,
+            train_all,
+            train_levels,
+            val_images,
+            val_rows["level"].to_numpy(),
+            settings,
+            train_indices=idx,
+            seed=seed,
+            device=device,
+            checkpoint=checkpoint,
+            fingerprint=fingerprint,
+            writer=writer,
         )
     finally:
         if writer is not None:
@@ -459,12 +553,33 @@ def run_finetune(
     s = settings
     y_val = val_rows["level"].to_numpy()
     y_test = test_rows["level"].to_numpy()
-    val_scores = predict(model, val_images, s.input_size, s.eval_batch_size, device, s.amp,
-                         s.channels_last, s.workers, desc="val (best epoch)").reshape(-1)
-    test_scores = predict(model, test_images, s.input_size, s.eval_batch_size, device, s.amp,
-                          s.channels_last, s.workers, desc="test (best epoch)").reshape(-1)
+    val_scores = predict(
+        model,
+        val_images,
+        s.input_size,
+        s.eval_batch_size,
+        device,
+        s.amp,
+        s.channels_last,
+        s.workers,
+        desc="val (best epoch)",
+    ).reshape(-1)
+    test_scores = predict(
+        model,
+        test_images,
+        s.input_size,
+        s.eval_batch_size,
+        device,
+        s.amp,
+        s.channels_last,
+        s.workers,
+        desc="test (best epoch)",
+    ).reshape(-1)
     result = {
-        "method": method, "evaluation": "finetune", "fraction": float(fraction), "seed": int(seed),
+        "method": method,
+        "evaluation": "finetune",
+        "fraction": float(fraction),
+        "seed": int(seed),
         "skipped": False,
         "n_train": int(len(train_levels)),
         "n_train_per_level": np.bincount(train_levels, minlength=N_LEVELS).tolist(),
@@ -480,13 +595,20 @@ def run_finetune(
         tuned, _ = tune_thresholds(val_scores, y_val)
         result["thresholds_tuned"] = tuned.tolist()
         result["val_tuned"] = classification_metrics(y_val, predict_thresholds(val_scores, tuned))
-        result["test_tuned"] = classification_metrics(y_test, predict_thresholds(test_scores, tuned))
+        result["test_tuned"] = classification_metrics(
+            y_test, predict_thresholds(test_scores, tuned)
+        )
     write_history(history_csv, fit["history"])
     write_json(output, result)
     if checkpoint and Path(checkpoint).is_file():
         Path(checkpoint).unlink()
     log.info(
         "fine-tune %s frac %g seed %d: best epoch %d, val kappa %s, test kappa %s",
-        method, fraction, seed, fit["best_epoch"], result["val"]["kappa"], result["test"]["kappa"],
+        method,
+        fraction,
+        seed,
+        fit["best_epoch"],
+        result["val"]["kappa"],
+        result["test"]["kappa"],
     )
     return result

@@ -89,7 +89,10 @@ def sample_fractions(labels: pd.DataFrame, fractions: Sequence[float], seed: int
         out[fraction_column(fraction)] = rank < k[level_arr]
         log.info(
             "fraction %s (seed %d): %d of %d images, per level %s",
-            fraction_tag(fraction), seed, int(out[fraction_column(fraction)].sum()), len(out),
+            fraction_tag(fraction),
+            seed,
+            int(out[fraction_column(fraction)].sum()),
+            len(out),
             {lv: int(k[lv]) for lv in range(N_LEVELS)},
         )
     empty = [lv for lv in range(N_LEVELS) if counts[lv] == 0]

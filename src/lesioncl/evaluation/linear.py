@@ -94,7 +94,7 @@ def train_linear(
         perm = torch.randperm(len(xt), generator=gen)
         total, seen = 0.0, 0
         for start in range(0, len(xt), batch_size):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             loss = loss_fn(head(xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -105,8 +105,13 @@ def train_linear(
         with torch.no_grad():
             pred = head(xv).argmax(1).numpy()
         kappa = _kappa(y_val, pred)
-        curve.append({"epoch": epoch, "train_loss": total / seen,
-                      "val_kappa": kappa if math.isfinite(kappa) else None})
+        curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / seen,
+                "val_kappa": kappa if math.isfinite(kappa) else None,
+            }
+        )
         if writer is not None:
             writer.add_scalar(f"{tag}train_loss", total / seen, epoch)
             writer.add_scalar(f"{tag}val_kappa", kappa if math.isfinite(kappa) else 0.0, epoch)
@@ -146,9 +151,18 @@ def linear_evaluation(
     runs = []
     for wd in progress(list(weight_decays), desc="linear (weight decay grid)", unit="wd"):
         run = train_linear(
-            xs_train, y_train, xs_val, y_val, epochs=epochs, lr=lr, weight_decay=wd,
-            batch_size=batch_size, seed=seed, class_balanced=class_balanced,
-            writer=writer, tag=f"wd{wd:g}/",
+            xs_train,
+            y_train,
+            xs_val,
+            y_val,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=wd,
+            batch_size=batch_size,
+            seed=seed,
+            class_balanced=class_balanced,
+            writer=writer,
+            tag=f"wd{wd:g}/",
         )
         run["weight_decay"] = float(wd)
         log.info("weight decay %g: best val kappa %.4f at epoch %d", wd, run["kappa"], run["epoch"])
@@ -159,8 +173,11 @@ def linear_evaluation(
     return {
         "selected": {"weight_decay": chosen["weight_decay"], "epoch": chosen["epoch"]},
         "grid": [
-            {"weight_decay": r["weight_decay"], "best_epoch": r["epoch"],
-             "best_val_kappa": r["kappa"] if math.isfinite(r["kappa"]) else None}
+            {
+                "weight_decay": r["weight_decay"],
+                "best_epoch": r["epoch"],
+                "best_val_kappa": r["kappa"] if math.isfinite(r["kappa"]) else None,
+            }
             for r in runs
         ],
         "val_curve": chosen["curve"],
@@ -180,7 +197,9 @@ def _subset_features(train: dict, fraction_rows, features_path) -> tuple[np.ndar
     idx = np.array([index[im] for im in fraction_rows["image"]], dtype=np.int64)
     levels = train["levels"][idx]
     if not np.array_equal(levels, fraction_rows["level"].to_numpy()):
-        raise ValueError(f"{features_path}: levels differ from the fractions file; rerun the fractions rule")
+        raise ValueError(
+            f"{features_path}: levels differ from the fractions file; rerun the fractions rule"
+        )
     return train["features"][idx], levels
 
 
@@ -195,8 +214,12 @@ def clear_event_files(directory) -> None:
 def skipped_result(method: str, evaluation: str, fraction: float, seed: int, reason: str) -> dict:
     """The result record of a method that could not run (shown as 'skipped' in the table)."""
     return {
-        "method": method, "evaluation": evaluation, "fraction": float(fraction), "seed": int(seed),
-        "skipped": True, "skip_reason": reason,
+        "method": method,
+        "evaluation": evaluation,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "skipped": True,
+        "skip_reason": reason,
     }
 
 
@@ -231,8 +254,14 @@ def run_linear(
     x_train, y_train = _subset_features(train, rows, train_features)
     log.info(
         "linear %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test, dim %d",
-        method, fraction, seed, len(y_train), np.bincount(y_train, minlength=N_LEVELS).tolist(),
-        len(val["levels"]), len(test["levels"]), x_train.shape[1],
+        method,
+        fraction,
+        seed,
+        len(y_train),
+        np.bincount(y_train, minlength=N_LEVELS).tolist(),
+        len(val["levels"]),
+        len(test["levels"]),
+        x_train.shape[1],
     )
     writer = None
     if tensorboard_dir:
@@ -242,28 +271,51 @@ def run_linear(
         writer = SummaryWriter(str(tensorboard_dir))
     try:
         res = linear_evaluation(
-            x_train, y_train, val["features"], val["levels"], test["features"], test["levels"],
-            epochs=epochs, lr=lr, weight_decays=weight_decays, batch_size=batch_size,
-            seed=seed, class_balanced=class_balanced, writer=writer,
+            x_train,
+            y_train,
+            val["features"],
+            val["levels"],
+            test["features"],
+            test["levels"],
+            epochs=epochs,
+            lr=lr,
+            weight_decays=weight_decays,
+            batch_size=batch_size,
+            seed=seed,
+            class_balanced=class_balanced,
+            writer=writer,
         )
     finally:
         if writer is not None:
             writer.close()
     result = {
-        "method": method, "evaluation": "linear", "fraction": float(fraction), "seed": int(seed),
+        "method": method,
+        "evaluation": "linear",
+        "fraction": float(fraction),
+        "seed": int(seed),
         "skipped": False,
         "n_train": int(len(y_train)),
         "n_train_per_level": np.bincount(y_train, minlength=N_LEVELS).tolist(),
         "head": "softmax-ce" + ("-balanced" if class_balanced else ""),
-        "settings": {"epochs": epochs, "lr": lr, "weight_decays": list(weight_decays),
-                     "batch_size": batch_size, "class_balanced": class_balanced},
+        "settings": {
+            "epochs": epochs,
+            "lr": lr,
+            "weight_decays": list(weight_decays),
+            "batch_size": batch_size,
+            "class_balanced": class_balanced,
+        },
         **res,
     }
     write_json(output, result)
     log.info(
         "linear %s frac %g seed %d: val kappa %s, test kappa %s (wd %g, epoch %d)",
-        method, fraction, seed, _fmt(result["val"]["kappa"]), _fmt(result["test"]["kappa"]),
-        res["selected"]["weight_decay"], res["selected"]["epoch"],
+        method,
+        fraction,
+        seed,
+        _fmt(result["val"]["kappa"]),
+        _fmt(result["test"]["kappa"]),
+        res["selected"]["weight_decay"],
+        res["selected"]["epoch"],
     )
     return result
 

@@ -13,7 +13,9 @@ LEVELS = list(range(N_LEVELS))
 # The authors' decoding of a regression output: grade = number of thresholds <= score.
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 #: Disagreement weight of (truth i, prediction j): ((i - j) / 4)^2.
-QUADRATIC_WEIGHTS = (np.arange(N_LEVELS)[:, None] - np.arange(N_LEVELS)[None, :]) ** 2 / (N_LEVELS - 1) ** 2
+QUADRATIC_WEIGHTS = (np.arange(N_LEVELS)[:, None] - np.arange(N_LEVELS)[None, :]) ** 2 / (
+    N_LEVELS - 1
+) ** 2
 
 
 def quadratic_kappa(y_true, y_pred) -> float:
@@ -25,7 +27,9 @@ def quadratic_kappa(y_true, y_pred) -> float:
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {y_true.shape}, {y_pred.shape}")
+        raise ValueError(
+            f"y_true and y_pred must be 1-D of equal length, got {y_true.shape}, {y_pred.shape}"
+        )
     if len(y_true) == 0:
         raise ValueError("kappa of an empty set")
     if len(np.unique(np.concatenate([y_true, y_pred]))) == 1:
@@ -39,7 +43,11 @@ BOOTSTRAP_SEED = 0
 
 
 def kappa_bootstrap_ci(
-    y_true, y_pred, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+    y_true,
+    y_pred,
+    level: float = 0.95,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the quadratic kappa over the images.
 
@@ -57,8 +65,12 @@ def kappa_bootstrap_ci(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(samples, n))
     # one confusion matrix per resample: bincount of (resample, truth, prediction)
-    codes = (np.arange(samples)[:, None] * N_LEVELS**2 + y_true[idx] * N_LEVELS + y_pred[idx]).ravel()
-    observed = np.bincount(codes, minlength=samples * N_LEVELS**2).reshape(samples, N_LEVELS, N_LEVELS)
+    codes = (
+        np.arange(samples)[:, None] * N_LEVELS**2 + y_true[idx] * N_LEVELS + y_pred[idx]
+    ).ravel()
+    observed = np.bincount(codes, minlength=samples * N_LEVELS**2).reshape(
+        samples, N_LEVELS, N_LEVELS
+    )
     observed = observed.astype(np.float64)
     expected = observed.sum(2)[:, :, None] * observed.sum(1)[:, None, :] / n
     denom = (QUADRATIC_WEIGHTS * expected).sum((1, 2))
@@ -97,7 +109,9 @@ def predict_thresholds(scores, thresholds: Sequence[float] = DEFAULT_THRESHOLDS)
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.shape != (N_LEVELS - 1,) or np.any(np.diff(thresholds) <= 0):
-        raise ValueError(f"need {N_LEVELS - 1} strictly increasing thresholds, got {thresholds.tolist()}")
+        raise ValueError(
+            f"need {N_LEVELS - 1} strictly increasing thresholds, got {thresholds.tolist()}"
+        )
     scores = np.asarray(scores, dtype=np.float64)
     if not np.all(np.isfinite(scores)):
         raise ValueError("non-finite regression scores (the model diverged?)")
@@ -106,7 +120,9 @@ def predict_thresholds(scores, thresholds: Sequence[float] = DEFAULT_THRESHOLDS)
 
 def fast_quadratic_kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Quadratic kappa from a bincount confusion matrix (same value as sklearn's, faster)."""
-    observed = np.bincount(y_true * N_LEVELS + y_pred, minlength=N_LEVELS**2).reshape(N_LEVELS, N_LEVELS)
+    observed = np.bincount(y_true * N_LEVELS + y_pred, minlength=N_LEVELS**2).reshape(
+        N_LEVELS, N_LEVELS
+    )
     observed = observed.astype(np.float64)
     expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
     denom = float((QUADRATIC_WEIGHTS * expected).sum())

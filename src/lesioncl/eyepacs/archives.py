@@ -218,7 +218,9 @@ def _corrupt(
         )
     else:
         fix = f"replace {names} with an intact copy"
-    return EyepacsError(f"{aset.name}: member {member} is corrupt ({error}); it lies in {names}: {fix}")
+    return EyepacsError(
+        f"{aset.name}: member {member} is corrupt ({error}); it lies in {names}: {fix}"
+    )
 
 
 def unpack_zip(
@@ -264,8 +266,14 @@ def unpack_zip(
                 except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                     dest.unlink(missing_ok=True)
                     raise _corrupt(
-                        aset, reader, info.header_offset, end, info.filename, exc,
-                        delete_corrupt, manifest,
+                        aset,
+                        reader,
+                        info.header_offset,
+                        end,
+                        info.filename,
+                        exc,
+                        delete_corrupt,
+                        manifest,
                     ) from exc
                 written.add(target)
     finally:
@@ -308,7 +316,12 @@ def unpack_7z(
                 with py7zr.SevenZipFile(source, mode="r") as archive:
                     log.info("%s: extracting %d members", aset.name, len(archive.getnames()))
                     archive.extractall(path=staging)
-            except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.CrcError, EOFError, OSError) as exc:
+            except (
+                py7zr.exceptions.Bad7zFile,
+                py7zr.exceptions.CrcError,
+                EOFError,
+                OSError,
+            ) as exc:
                 raise _corrupt(
                     aset, None, 0, 0, "(7z folder)", exc, delete_corrupt, manifest
                 ) from exc
@@ -410,12 +423,17 @@ def unpack_all(
         if result["skipped"]:
             log.warning(
                 "%s: %d member(s) are not {id}_{left|right}%s and were not unpacked: %s",
-                aset.name, len(result["skipped"]), IMAGE_EXT, ", ".join(result["skipped"][:20]),
+                aset.name,
+                len(result["skipped"]),
+                IMAGE_EXT,
+                ", ".join(result["skipped"][:20]),
             )
         if result["duplicates"]:
             log.warning(
                 "%s: %d member(s) repeat an image name; the first copy was kept: %s",
-                aset.name, len(result["duplicates"]), ", ".join(result["duplicates"][:20]),
+                aset.name,
+                len(result["duplicates"]),
+                ", ".join(result["duplicates"][:20]),
             )
     for key, source in labels.items():
         unpack_label_file(source, raw_dir / LABEL_FILES[key])

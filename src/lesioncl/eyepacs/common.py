@@ -40,6 +40,8 @@ def parse_image_names(names: pd.Series) -> pd.DataFrame:
     out["image"] = stems
     # Leading zeros (`007_left`) would make two spellings of one image.
     ok = parts["patient_id"].notna() & ~parts["patient_id"].str.match(r"^0[0-9]", na=False)
-    out["patient_id"] = pd.to_numeric(parts["patient_id"].where(ok), errors="coerce").astype("Int64")
+    out["patient_id"] = pd.to_numeric(parts["patient_id"].where(ok), errors="coerce").astype(
+        "Int64"
+    )
     out["eye"] = parts["eye"].where(ok)
     return out

@@ -56,8 +56,11 @@ class KaggleCredentials:
     username: str | None
 
 
-def kaggle_config_dir(environ: Mapping[str, str] | None = None, home: str | os.PathLike | None = None,
-                      platform: str | None = None) -> Path:
+def kaggle_config_dir(
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike | None = None,
+    platform: str | None = None,
+) -> Path:
     """The folder where the kaggle client looks for ``kaggle.json`` (its own rules).
 
     ``$KAGGLE_CONFIG_DIR``; else ``~/.kaggle``; on Linux, when ``~/.kaggle`` does not
@@ -80,8 +83,9 @@ def _warn_if_readable(path: Path) -> None:
         log.warning("%s is readable by other users (mode %o); run: chmod 600 %s", path, mode, path)
 
 
-def find_access_token(environ: Mapping[str, str] | None = None,
-                      home: str | os.PathLike | None = None) -> KaggleCredentials | None:
+def find_access_token(
+    environ: Mapping[str, str] | None = None, home: str | os.PathLike | None = None
+) -> KaggleCredentials | None:
     """The new-style API token (kaggle >= 1.8), where the client looks for it; None if absent.
 
     ``KAGGLE_API_TOKEN`` holds the token or the path of a file holding it; else
@@ -106,8 +110,10 @@ def find_access_token(environ: Mapping[str, str] | None = None,
         try:
             token = path.read_text().strip()
         except OSError as exc:
-            raise EyepacsError(f"{path}: the Kaggle API token cannot be read ({exc}); fix its "
-                               "permissions (chmod 600, owned by you) and rerun") from exc
+            raise EyepacsError(
+                f"{path}: the Kaggle API token cannot be read ({exc}); fix its "
+                "permissions (chmod 600, owned by you) and rerun"
+            ) from exc
         if not token:
             raise EyepacsError(
                 f"{path} is empty: it must hold the API token Kaggle shows under Settings -> "
@@ -118,8 +124,9 @@ def find_access_token(environ: Mapping[str, str] | None = None,
     return None
 
 
-def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
-                            home: str | os.PathLike | None = None) -> KaggleCredentials | None:
+def find_kaggle_credentials(
+    environ: Mapping[str, str] | None = None, home: str | os.PathLike | None = None
+) -> KaggleCredentials | None:
     """Kaggle credentials in the client's order; None when there are none.
 
     The new-style API token first (:func:`find_access_token`), then the legacy key
@@ -131,7 +138,9 @@ def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
     if token is not None:
         return token
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return KaggleCredentials("the variables KAGGLE_USERNAME and KAGGLE_KEY", env["KAGGLE_USERNAME"])
+        return KaggleCredentials(
+            "the variables KAGGLE_USERNAME and KAGGLE_KEY", env["KAGGLE_USERNAME"]
+        )
     path = kaggle_config_dir(env, home) / "kaggle.json"
     if not path.is_file():
         return None
@@ -150,8 +159,11 @@ def find_kaggle_credentials(environ: Mapping[str, str] | None = None,
     return KaggleCredentials(str(path), username)
 
 
-def missing_credentials_message(competition: str, environ: Mapping[str, str] | None = None,
-                                home: str | os.PathLike | None = None) -> str:
+def missing_credentials_message(
+    competition: str,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike | None = None,
+) -> str:
     """The one message shown when no Kaggle credentials are configured."""
     env = os.environ if environ is None else environ
     config_dir = kaggle_config_dir(env, home)
@@ -178,8 +190,11 @@ def missing_credentials_message(competition: str, environ: Mapping[str, str] | N
     )
 
 
-def make_kaggle_api(competition: str, environ: Mapping[str, str] | None = None,
-                    home: str | os.PathLike | None = None) -> Any:
+def make_kaggle_api(
+    competition: str,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike | None = None,
+) -> Any:
     """An authenticated ``KaggleApi``; a clear :class:`EyepacsError` without credentials.
 
     ``kaggle`` is imported only here, after the credentials were found.
@@ -187,12 +202,17 @@ def make_kaggle_api(competition: str, environ: Mapping[str, str] | None = None,
     creds = find_kaggle_credentials(environ, home)
     if creds is None:
         raise EyepacsError(missing_credentials_message(competition, environ, home))
-    log.info("Kaggle credentials from %s%s", creds.source,
-             f" (user {creds.username})" if creds.username else "")
+    log.info(
+        "Kaggle credentials from %s%s",
+        creds.source,
+        f" (user {creds.username})" if creds.username else "",
+    )
     failed = f"the Kaggle client could not authenticate with {creds.source}"
-    fix = ("create a new API token (Kaggle Settings -> API -> Generate New Token) and put it "
-           "in KAGGLE_API_TOKEN or ~/.kaggle/access_token (an expired or revoked token is "
-           "refused), or use a legacy kaggle.json; then rerun")
+    fix = (
+        "create a new API token (Kaggle Settings -> API -> Generate New Token) and put it "
+        "in KAGGLE_API_TOKEN or ~/.kaggle/access_token (an expired or revoked token is "
+        "refused), or use a legacy kaggle.json; then rerun"
+    )
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi  # authenticates on import
 
@@ -288,11 +308,14 @@ def list_competition_files(api: Any, competition: str) -> dict[str, int | None]:
     for _ in range(1000):
         response = call_api(
             lambda: api.competition_list_files(competition, page_token=token, page_size=20),
-            competition, "listing the competition's files",
+            competition,
+            "listing the competition's files",
         )
         items = getattr(response, "files", response) or []
         for item in items:
-            name = getattr(item, "name", None) or (item.get("name") if isinstance(item, Mapping) else None)
+            name = getattr(item, "name", None) or (
+                item.get("name") if isinstance(item, Mapping) else None
+            )
             if name:
                 files[name] = _file_size(item)
         token = getattr(response, "next_page_token", None)
@@ -319,7 +342,9 @@ def check_complete_listing(names: list[str], where: str, archives_dir: Path | No
     bases = [n.rsplit("/", 1)[-1] for n in names]
     if archives_dir is not None:
         bases += [
-            name for label in LABEL_FILES.values() for name in (label, f"{label}.zip")
+            name
+            for label in LABEL_FILES.values()
+            for name in (label, f"{label}.zip")
             if (archives_dir / name).is_file()
         ]
     stems = {m["stem"] for m in (PART_RE.match(b) or SINGLE_RE.match(b) for b in bases) if m}
@@ -349,7 +374,9 @@ def _check_disk(folder: Path, needed: int) -> None:
     if 2 * needed > free:
         log.warning(
             "%s: %.1f GiB free; the download needs %.1f GiB and unpacking about as much again",
-            folder, free / gib, needed / gib,
+            folder,
+            free / gib,
+            needed / gib,
         )
 
 
@@ -358,7 +385,9 @@ def _unzip_single(source: Path, dest: Path) -> None:
     with zipfile.ZipFile(source) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
         if len(infos) != 1:
-            raise EyepacsError(f"{source}: expected one member, found {[i.filename for i in infos]}")
+            raise EyepacsError(
+                f"{source}: expected one member, found {[i.filename for i in infos]}"
+            )
         with atomic_path(dest) as tmp, archive.open(infos[0]) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, _COPY_BUFFER)
 
@@ -372,7 +401,9 @@ def fetch_file(api: Any, competition: str, name: str, size: int | None, archives
     if target.exists():
         log.info(
             "%s: partial (%d of %s bytes), fetching it again",
-            target.name, target.stat().st_size, size if size is not None else "?",
+            target.name,
+            target.stat().st_size,
+            size if size is not None else "?",
         )
         target.unlink()
     # The client names its output after the download URL; a private folder per
@@ -381,17 +412,28 @@ def fetch_file(api: Any, competition: str, name: str, size: int | None, archives
     # from its bytes (its .kaggle-partial marker proves the bytes are this file's).
     staging = archives_dir / ".downloading" / Path(name).name
     staging.mkdir(parents=True, exist_ok=True)
-    partial = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
+    partial = [
+        p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)
+    ]
     if partial:
-        log.info("%s: resuming the partial download %s (%d bytes)", name, partial[0],
-                 partial[0].stat().st_size)
+        log.info(
+            "%s: resuming the partial download %s (%d bytes)",
+            name,
+            partial[0],
+            partial[0].stat().st_size,
+        )
     else:
         log.info("%s: downloading (%s bytes)", name, size if size is not None else "?")
     call_api(
-        lambda: api.competition_download_file(competition, name, path=str(staging), force=False, quiet=False),
-        competition, f"downloading {name}",
+        lambda: api.competition_download_file(
+            competition, name, path=str(staging), force=False, quiet=False
+        ),
+        competition,
+        f"downloading {name}",
     )
-    got = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
+    got = [
+        p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)
+    ]
     if len(got) != 1:
         raise EyepacsError(
             f"downloading {name}: expected one file in {staging}, found "
@@ -402,7 +444,9 @@ def fetch_file(api: Any, competition: str, name: str, size: int | None, archives
         try:
             _unzip_single(fetched, target)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise EyepacsError(f"downloading {name}: the zipped copy is corrupt ({exc}); rerun") from exc
+            raise EyepacsError(
+                f"downloading {name}: the zipped copy is corrupt ({exc}); rerun"
+            ) from exc
         fetched.unlink()
     else:
         os.replace(fetched, target)
@@ -450,9 +494,13 @@ def extract_from_bundle(bundle: Path, archives_dir: Path) -> dict[str, int]:
     return files
 
 
-def download_competition(competition: str, download_dir: str | os.PathLike, api: Any = None,
-                         environ: Mapping[str, str] | None = None,
-                         home: str | os.PathLike | None = None) -> dict:
+def download_competition(
+    competition: str,
+    download_dir: str | os.PathLike,
+    api: Any = None,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike | None = None,
+) -> dict:
     """Fetch the EyePACS archives into ``{download_dir}/archives``; returns the manifest.
 
     ``api`` is a ``KaggleApi`` (tests pass a fake); by default one is made from the
@@ -475,15 +523,24 @@ def download_competition(competition: str, download_dir: str | os.PathLike, api:
         # one-zip download of everything, then take the parts out of it.
         # Downloaded beside, renamed when complete: a broken transfer never
         # leaves a truncated zip under the name that is used without checks.
-        log.warning("Kaggle listed no files for %s; downloading the whole competition zip", competition)
+        log.warning(
+            "Kaggle listed no files for %s; downloading the whole competition zip", competition
+        )
         # A broken transfer is resumed by the next attempt (staging kept, no force).
         staging = download_dir / ".downloading"
         staging.mkdir(exist_ok=True)
         call_api(
-            lambda: api.competition_download_files(competition, path=str(staging), force=False, quiet=False),
-            competition, "downloading the competition zip",
+            lambda: api.competition_download_files(
+                competition, path=str(staging), force=False, quiet=False
+            ),
+            competition,
+            "downloading the competition zip",
         )
-        got = [p for p in staging.iterdir() if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)]
+        got = [
+            p
+            for p in staging.iterdir()
+            if p.is_file() and not p.name.endswith(RESUME_MARKER_SUFFIX)
+        ]
         if len(got) != 1 or not zipfile.is_zipfile(got[0]):
             raise EyepacsError(
                 f"the competition download left {[p.name for p in got]} in {staging}, not one "
@@ -510,6 +567,8 @@ def download_competition(competition: str, download_dir: str | os.PathLike, api:
     for name, size in needed.items():
         results[fetch_file(api, competition, name, size, archives_dir)] += 1
     shutil.rmtree(archives_dir / ".downloading", ignore_errors=True)
-    log.info("%d file(s) downloaded, %d already complete", results["downloaded"], results["skipped"])
+    log.info(
+        "%d file(s) downloaded, %d already complete", results["downloaded"], results["skipped"]
+    )
     files = {Path(n).name: (archives_dir / Path(n).name).stat().st_size for n in needed}
     return {"competition": competition, "source": "kaggle api", "files": files}

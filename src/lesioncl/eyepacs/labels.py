@@ -143,8 +143,16 @@ def check_raw_layout(raw_dir: str | os.PathLike) -> dict[str, Path]:
 def _read_label_csv(path: Path, key: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise EyepacsError(f"{path} is not a readable CSV ({exc}); replace it with the competition's file") from exc
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        ValueError,
+    ) as exc:
+        raise EyepacsError(
+            f"{path} is not a readable CSV ({exc}); replace it with the competition's file"
+        ) from exc
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in LABEL_COLUMNS[key] if c not in df.columns]
     if missing:
@@ -163,7 +171,9 @@ def _image_suffix(name: str) -> str | None:
     return suffix if suffix in IMAGE_EXTS else None
 
 
-def _list_folder(folder: Path) -> tuple[pd.Series, dict[str, str], list[str], list[tuple[str, str]]]:
+def _list_folder(
+    folder: Path,
+) -> tuple[pd.Series, dict[str, str], list[str], list[tuple[str, str]]]:
     """``folder``'s images: their stems (``10_left``), stem -> file name, the other
     entries, and (file, file used instead) for images with several files."""
     names: dict[str, str] = {}
@@ -189,7 +199,11 @@ def _list_folder(folder: Path) -> tuple[pd.Series, dict[str, str], list[str], li
 def _problems(df: pd.DataFrame, folder, raw_dir: Path, reason: str, detail) -> pd.DataFrame:
     """Problem rows for ``df``'s images; ``folder`` is a name or a Series aligned with ``df``."""
     image = df["image"].astype("string")
-    folder = pd.Series(folder, index=df.index, dtype="string") if isinstance(folder, str) else folder.astype("string")
+    folder = (
+        pd.Series(folder, index=df.index, dtype="string")
+        if isinstance(folder, str)
+        else folder.astype("string")
+    )
     out = pd.DataFrame(
         {
             "image": image,
@@ -203,8 +217,9 @@ def _problems(df: pd.DataFrame, folder, raw_dir: Path, reason: str, detail) -> p
     return out[PROBLEM_COLUMNS]
 
 
-def _validate_rows(df: pd.DataFrame, key: str, path: Path,
-                   raw_dir: Path) -> tuple[pd.DataFrame, list[pd.DataFrame], set[str]]:
+def _validate_rows(
+    df: pd.DataFrame, key: str, path: Path, raw_dir: Path
+) -> tuple[pd.DataFrame, list[pd.DataFrame], set[str]]:
     """Parse and check a label CSV's rows.
 
     Returns the good rows, the problems, and every well-named image of the file
@@ -220,43 +235,67 @@ def _validate_rows(df: pd.DataFrame, key: str, path: Path,
     df["eye"] = parsed["eye"]
     bad_name = df["patient_id"].isna()
     if bad_name.any():
-        problems.append(_problems(
-            df[bad_name], folder, raw_dir, "bad_name",
-            f"{path.name}: image is not {{id}}_{{left|right}}",
-        ))
+        problems.append(
+            _problems(
+                df[bad_name],
+                folder,
+                raw_dir,
+                "bad_name",
+                f"{path.name}: image is not {{id}}_{{left|right}}",
+            )
+        )
     level = pd.to_numeric(df["level"].str.strip(), errors="coerce")
     bad_level = level.isna() | ~level.isin(LEVELS)
     if bad_level.any():
-        problems.append(_problems(
-            df[bad_level], folder, raw_dir, "bad_level",
-            f"{path.name}: level " + df.loc[bad_level, "level"].astype("string") + " is not one of 0..4",
-        ))
+        problems.append(
+            _problems(
+                df[bad_level],
+                folder,
+                raw_dir,
+                "bad_level",
+                f"{path.name}: level "
+                + df.loc[bad_level, "level"].astype("string")
+                + " is not one of 0..4",
+            )
+        )
     df["level"] = level
     bad = bad_name | bad_level
     if key == "test":
         usage = df["Usage"].astype("string").str.strip()
         bad_usage = ~usage.isin(list(USAGE_TO_SPLIT))
         if bad_usage.any():
-            problems.append(_problems(
-                df[bad_usage], folder, raw_dir, "bad_usage",
-                f"{path.name}: Usage '" + usage[bad_usage] + "' is not Public or Private",
-            ))
+            problems.append(
+                _problems(
+                    df[bad_usage],
+                    folder,
+                    raw_dir,
+                    "bad_usage",
+                    f"{path.name}: Usage '" + usage[bad_usage] + "' is not Public or Private",
+                )
+            )
         df["split"] = usage.map(USAGE_TO_SPLIT)
         bad |= bad_usage
     else:
         df["split"] = "train"
     dup = df["image"].duplicated(keep=False) & ~bad_name
     if dup.any():
-        problems.append(_problems(
-            df[dup], folder, raw_dir, "duplicate_label", f"{path.name}: the image has several rows",
-        ))
+        problems.append(
+            _problems(
+                df[dup],
+                folder,
+                raw_dir,
+                "duplicate_label",
+                f"{path.name}: the image has several rows",
+            )
+        )
         bad |= dup
     df["folder"] = folder
     return df[~bad], problems, set(df.loc[~bad_name, "image"])
 
 
-def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
-                 expect_full: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def build_labels(
+    raw_dir: str | os.PathLike, max_missing: int = 50, expect_full: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Validate ``raw_dir`` and build the labels table.
 
     Returns ``(labels, problems, summary)``. Raises :class:`EyepacsError` on fatal
@@ -275,10 +314,15 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
     labels = pd.concat(rows, ignore_index=True)
     twice = labels["image"].duplicated(keep=False)
     if twice.any():
-        problems.append(_problems(
-            labels[twice], labels.loc[twice, "folder"], raw_dir, "labelled_twice",
-            "labelled in both trainLabels.csv and retinopathy_solution.csv",
-        ))
+        problems.append(
+            _problems(
+                labels[twice],
+                labels.loc[twice, "folder"],
+                raw_dir,
+                "labelled_twice",
+                "labelled in both trainLabels.csv and retinopathy_solution.csv",
+            )
+        )
         labels = labels[~twice]
 
     files, file_names, file_counts, unexpected = {}, {}, {}, []
@@ -290,21 +334,35 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         files[folder] = set(stems[good])
         other += [file_names[folder][s] for s in stems[~good]]
         if other:
-            unexpected.append(pd.DataFrame({
-                "image": pd.Series([pd.NA] * len(other), dtype="string"),
-                "folder": folder,
-                "file": [str(raw_dir / folder / name) for name in sorted(other)],
-                "reason": "unexpected_entry",
-                "detail": f"not {{id}}_{{left|right}} with an image extension ({', '.join(IMAGE_EXTS)}); ignored",
-            }))
+            unexpected.append(
+                pd.DataFrame(
+                    {
+                        "image": pd.Series([pd.NA] * len(other), dtype="string"),
+                        "folder": folder,
+                        "file": [str(raw_dir / folder / name) for name in sorted(other)],
+                        "reason": "unexpected_entry",
+                        "detail": f"not {{id}}_{{left|right}} with an image extension ({', '.join(IMAGE_EXTS)}); ignored",
+                    }
+                )
+            )
         if doubles:
-            unexpected.append(pd.DataFrame({
-                "image": pd.Series([name[: -len(_image_suffix(name))] for name, _ in doubles], dtype="string"),
-                "folder": folder,
-                "file": [str(raw_dir / folder / name) for name, _ in doubles],
-                "reason": "unexpected_entry",
-                "detail": [f"a second file of this image; {kept} is used, this one ignored" for _, kept in doubles],
-            }))
+            unexpected.append(
+                pd.DataFrame(
+                    {
+                        "image": pd.Series(
+                            [name[: -len(_image_suffix(name))] for name, _ in doubles],
+                            dtype="string",
+                        ),
+                        "folder": folder,
+                        "file": [str(raw_dir / folder / name) for name, _ in doubles],
+                        "reason": "unexpected_entry",
+                        "detail": [
+                            f"a second file of this image; {kept} is used, this one ignored"
+                            for _, kept in doubles
+                        ],
+                    }
+                )
+            )
 
     # Join the label rows with the files of their folder.
     file_keys = {f"{folder}/{image}" for folder in IMAGE_DIRS for image in files[folder]}
@@ -322,16 +380,24 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         extra = sorted(files[folder] - named[folder])
         if extra:
             detail = [
-                f"no label row in {LABEL_FILES[folder]}" + ("" if img not in all_labelled else " (labelled for the other folder)")
+                f"no label row in {LABEL_FILES[folder]}"
+                + ("" if img not in all_labelled else " (labelled for the other folder)")
                 for img in extra
             ]
-            problems.append(_problems(
-                pd.DataFrame({"image": extra}), folder, raw_dir, "unlabelled_file", detail,
-            ))
+            problems.append(
+                _problems(
+                    pd.DataFrame({"image": extra}),
+                    folder,
+                    raw_dir,
+                    "unlabelled_file",
+                    detail,
+                )
+            )
     problems.extend(unexpected)
     problems_df = (
         pd.concat(problems, ignore_index=True)[PROBLEM_COLUMNS]
-        if problems else pd.DataFrame(columns=PROBLEM_COLUMNS)
+        if problems
+        else pd.DataFrame(columns=PROBLEM_COLUMNS)
     )
 
     # The table.
@@ -344,14 +410,19 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         ],
     )
     labels["split"] = pd.Categorical(labels["split"], categories=SPLITS, ordered=True)
-    labels = labels.sort_values(["split", "patient_id", "eye"], kind="stable").reset_index(drop=True)
+    labels = labels.sort_values(["split", "patient_id", "eye"], kind="stable").reset_index(
+        drop=True
+    )
     labels["split"] = labels["split"].astype(str)
     labels = labels[LABEL_TABLE_COLUMNS]
 
     reasons = problems_df["reason"].value_counts().to_dict() if len(problems_df) else {}
     counts = {split: int((labels["split"] == split).sum()) for split in SPLITS}
     level_counts = {
-        split: {str(lv): int(((labels["split"] == split) & (labels["level"] == lv)).sum()) for lv in LEVELS}
+        split: {
+            str(lv): int(((labels["split"] == split) & (labels["level"] == lv)).sum())
+            for lv in LEVELS
+        }
         for split in SPLITS
     }
     n_missing = sum(int(reasons.get(r, 0)) for r in MISSING_REASONS)
@@ -370,7 +441,8 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
     }
 
     log.info(
-        "%s: label rows %s; image files %s", raw_dir,
+        "%s: label rows %s; image files %s",
+        raw_dir,
         ", ".join(f"{k}={v}" for k, v in label_rows.items()),
         ", ".join(f"{k}/={v}" for k, v in file_counts.items()),
     )
@@ -383,7 +455,8 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
             f"({', '.join(f'{k}={v}' for k, v in fatal['reason'].value_counts().items())}); "
             "the label files must be the competition's trainLabels.csv and "
             "retinopathy_solution.csv (image,level[,Usage], level 0..4, Usage Public|Private)",
-            fatal, problems_df,
+            fatal,
+            problems_df,
         )
     if n_missing > max_missing:
         rows = problems_df[problems_df["reason"].isin(MISSING_REASONS)]
@@ -396,7 +469,8 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
             f"eyepacs.max_missing={max_missing}: the folder is incomplete (an archive part "
             f"not unpacked?) or does not match its label files. Complete it, or raise "
             f"eyepacs.max_missing to go on without them.{hint}",
-            rows, problems_df,
+            rows,
+            problems_df,
         )
     if n_missing:
         msg = (
@@ -415,9 +489,8 @@ def build_labels(raw_dir: str | os.PathLike, max_missing: int = 50,
         log.warning(msg)
         summary["warnings"].append(msg)
     if counts != EXPECTED_COUNTS:
-        msg = (
-            f"counts {counts} differ from the full competition's {EXPECTED_COUNTS}"
-            + ("" if expect_full else " (expected for synthetic or subset data)")
+        msg = f"counts {counts} differ from the full competition's {EXPECTED_COUNTS}" + (
+            "" if expect_full else " (expected for synthetic or subset data)"
         )
         (log.warning if expect_full else log.info)(msg)
         if expect_full:
@@ -443,10 +516,15 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False)
 
 
-def write_labels(raw_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-                 summary_json: str | os.PathLike, problems_csv: str | os.PathLike,
-                 max_missing: int = 50, expect_full: bool = True,
-                 error_problems_csv: str | os.PathLike | None = None) -> dict:
+def write_labels(
+    raw_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    summary_json: str | os.PathLike,
+    problems_csv: str | os.PathLike,
+    max_missing: int = 50,
+    expect_full: bool = True,
+    error_problems_csv: str | os.PathLike | None = None,
+) -> dict:
     """Build and write labels.csv, labels_summary.json and label_problems.csv.
 
     label_problems.csv is always written (only its header when the folder is
@@ -454,7 +532,9 @@ def write_labels(raw_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     Snakemake keeps, e.g. under logs/) and the error message names it.
     """
     try:
-        labels, problems, summary = build_labels(raw_dir, max_missing=max_missing, expect_full=expect_full)
+        labels, problems, summary = build_labels(
+            raw_dir, max_missing=max_missing, expect_full=expect_full
+        )
     except EyepacsError as exc:
         table = getattr(exc, "problems", None)
         if table is not None and error_problems_csv is not None:

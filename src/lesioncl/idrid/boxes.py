@@ -33,11 +33,7 @@ def read_mask_values(data: bytes) -> np.ndarray:
         import tifffile
 
         arr = tifffile.imread(io.BytesIO(data))
-        if (
-            arr.ndim == 3
-            and arr.shape[0] in (1, 2, 3, 4)
-            and arr.shape[-1] not in (1, 2, 3, 4)
-        ):
+        if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
             arr = np.moveaxis(arr, 0, -1)
         if arr.ndim == 3 and arr.shape[-1] in (2, 4):
             arr = arr[..., :-1]  # drop alpha
@@ -74,9 +70,7 @@ def mask_to_boxes(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     if not mask.any():
         return np.zeros((0, 5), dtype=np.int64)
-    _, _, stats, _ = cv2.connectedComponentsWithStats(
-        mask, connectivity=8, ltype=cv2.CV_32S
-    )
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
     cols = [
         cv2.CC_STAT_LEFT,
         cv2.CC_STAT_TOP,
@@ -109,9 +103,7 @@ def scale_boxes(
     centre and shifted to stay inside the ``width`` x ``height`` image. Returns the
     boxes (float) and how many were grown.
     """
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array(
-        [sx, sy, sx, sy]
-    )
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
     grown = np.zeros(len(out), dtype=bool)
     for pos, size, limit in ((0, 2, width), (1, 3, height)):
         small = out[:, size] < min_size
@@ -122,4 +114,3 @@ def scale_boxes(
             out[small, size] = new
             grown |= small
     return out, int(grown.sum())
-

@@ -131,14 +131,10 @@ def _size_stats(values: list[float]) -> dict:
     }
 
 
-def _split_summary(
-    items: list[IdridImage], coco: dict, results: list[_ImageResult]
-) -> dict:
+def _split_summary(items: list[IdridImage], coco: dict, results: list[_ImageResult]) -> dict:
     per_class = {}
     for lesion in LESIONS:
-        anns = [
-            a for a in coco["annotations"] if a["category_id"] == lesion.category_id
-        ]
+        anns = [a for a in coco["annotations"] if a["category_id"] == lesion.category_id]
         per_class[lesion.name] = {
             "masks": sum(lesion.code in it.masks for it in items),
             "images_with_boxes": len({a["image_id"] for a in anns}),
@@ -155,9 +151,7 @@ def _split_summary(
             im["file_name"] for im in coco["images"] if im["id"] not in with_boxes
         ),
         "original_sizes": sorted({f"{it.width}x{it.height}" for it in items}),
-        "output_sizes": sorted(
-            {f"{im['width']}x{im['height']}" for im in coco["images"]}
-        ),
+        "output_sizes": sorted({f"{im['width']}x{im['height']}" for im in coco["images"]}),
         "per_class": per_class,
         "zero_one_masks": sorted(m for r in results for m in r.zero_one_masks),
         "empty_masks": sorted(m for r in results for m in r.empty_masks),
@@ -207,9 +201,7 @@ def build_idrid_coco(
             log.info("%s: %d images", split, len(items))
 
             def work(item: IdridImage, out_dir: Path = out_dir) -> _ImageResult:
-                return _process_image(
-                    source, item, out_dir, mask_threshold, max_size, min_box_size
-                )
+                return _process_image(source, item, out_dir, mask_threshold, max_size, min_box_size)
 
             with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
                 results = list(
@@ -232,9 +224,7 @@ def build_idrid_coco(
             }
             for result in results:
                 for ann in result.annotations:
-                    coco["annotations"].append(
-                        {"id": len(coco["annotations"]) + 1, **ann}
-                    )
+                    coco["annotations"].append({"id": len(coco["annotations"]) + 1, **ann})
             write_json(coco_paths[split], coco)
             summary["splits"][split] = _split_summary(items, coco, results)
             log.info(
@@ -251,4 +241,3 @@ def build_idrid_coco(
     if qc_path is not None:
         draw_qc(coco_paths["train"], images_dir / "train", qc_path, qc_images)
     return summary
-

@@ -98,16 +98,12 @@ def scan_layout(
                 continue
             subdirs, subfiles = kids(folder)
             for d in subdirs:
-                problems.append(
-                    f"unexpected folder {show(d)} (expected only IDRiD_NN.jpg images)"
-                )
+                problems.append(f"unexpected folder {show(d)} (expected only IDRiD_NN.jpg images)")
             for rel in subfiles:
                 name = PurePosixPath(rel).name
                 m = _IMAGE_RE.match(name)
                 if not m:
-                    problems.append(
-                        f"unexpected file {show(rel)} (expected IDRiD_NN.jpg)"
-                    )
+                    problems.append(f"unexpected file {show(rel)} (expected IDRiD_NN.jpg)")
                     continue
                 stem = m.group(1)
                 if stem in images[split]:
@@ -210,11 +206,7 @@ def _image_size(fh: BinaryIO) -> tuple[int, int]:
         fh.seek(0)
         with tifffile.TiffFile(fh) as tif:
             shape = tif.pages[0].shape
-            if (
-                len(shape) == 3
-                and shape[0] in (1, 2, 3, 4)
-                and shape[-1] not in (1, 2, 3, 4)
-            ):
+            if len(shape) == 3 and shape[0] in (1, 2, 3, 4) and shape[-1] not in (1, 2, 3, 4):
                 return shape[2], shape[1]  # planar: (channels, h, w)
             return shape[1], shape[0]
 
@@ -228,9 +220,7 @@ def check_sizes(source: IdridSource, layout: dict[str, list[IdridImage]]) -> lis
                 with source.open(item.image) as fh:
                     item.width, item.height = _image_size(fh)
             except Exception as exc:  # noqa: BLE001
-                problems.append(
-                    f"unreadable image {source.display(item.image)} ({exc})"
-                )
+                problems.append(f"unreadable image {source.display(item.image)} ({exc})")
                 continue
             for code, rel in item.masks.items():
                 try:
@@ -261,4 +251,3 @@ def load_layout(source: IdridSource) -> dict[str, list[IdridImage]]:
             + LAYOUT_HELP
         )
     return layout
-

@@ -77,8 +77,7 @@ def draw_qc(
             fontsize=8,
         )
     handles = [
-        Patch(edgecolor=CLASS_COLOURS[c], facecolor="none", label=names[c])
-        for c in sorted(names)
+        Patch(edgecolor=CLASS_COLOURS[c], facecolor="none", label=names[c]) for c in sorted(names)
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

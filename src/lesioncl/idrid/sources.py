@@ -42,8 +42,7 @@ OPTIC_DISC = Lesion(0, "optic_disc", "5. Optic Disc", "OD")  # ignored
 _ALL_MASK_FOLDERS = {lesion.folder: lesion for lesion in (*LESIONS, OPTIC_DISC)}
 _BY_CODE = {lesion.code: lesion for lesion in (*LESIONS, OPTIC_DISC)}
 CATEGORIES = [
-    {"id": lesion.category_id, "name": lesion.name, "supercategory": "lesion"}
-    for lesion in LESIONS
+    {"id": lesion.category_id, "name": lesion.name, "supercategory": "lesion"} for lesion in LESIONS
 ]
 
 _IMAGE_RE = re.compile(r"^(IDRiD_(\d+))\.(jpg|jpeg)$", re.IGNORECASE)
@@ -207,11 +206,7 @@ def _resolve_folder(path: Path) -> Path:
         if (candidate / IMAGES_DIR).is_dir() or (candidate / MASKS_DIR).is_dir():
             return candidate
     zips = sorted(p.name for p in path.glob("*.zip"))
-    hint = (
-        f" It holds {', '.join(zips)}: point idrid.path at the zip itself."
-        if zips
-        else ""
-    )
+    hint = f" It holds {', '.join(zips)}: point idrid.path at the zip itself." if zips else ""
     raise IdridLayoutError(
         f"{path}: neither a '{SEGMENTATION_DIR}' folder nor '{IMAGES_DIR}' / "
         f"'{MASKS_DIR}' folders are inside.{hint} Fix: set idrid.path to the official "
@@ -280,4 +275,3 @@ def open_idrid_source(path: str | os.PathLike) -> Iterator[IdridSource]:
         yield source
     finally:
         source.close()
-

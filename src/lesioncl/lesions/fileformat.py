@@ -28,17 +28,30 @@ SPLITS = ("train", "val")
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 DET_BOX_COLUMNS = ["det_x1", "det_y1", "det_x2", "det_y2"]
 DETECTION_COLUMNS = [
-    "image", "split", "label", "label_name", "score",
-    *BOX_COLUMNS, *DET_BOX_COLUMNS, "det_width", "det_height",
+    "image",
+    "split",
+    "label",
+    "label_name",
+    "score",
+    *BOX_COLUMNS,
+    *DET_BOX_COLUMNS,
+    "det_width",
+    "det_height",
 ]
 MANIFEST_COLUMNS = ["image", "split", "path", "det_path", "det_width", "det_height"]
 ROUND_DECIMALS = 1
 FILTER_REASONS = ("score", "size", "border")
 
+
 # --------------------------------------------------------------------------- I/O
-def write_lesion_index(index: Mapping, out_pkl: str | os.PathLike, out_json: str | os.PathLike) -> None:
+def write_lesion_index(
+    index: Mapping, out_pkl: str | os.PathLike, out_json: str | os.PathLike
+) -> None:
     """The index as a pickle (plain dicts, lists, tuples, str, float) and as JSON."""
-    plain = {split: {k: [tuple(b) for b in v] for k, v in images.items()} for split, images in index.items()}
+    plain = {
+        split: {k: [tuple(b) for b in v] for k, v in images.items()}
+        for split, images in index.items()
+    }
     with atomic_path(out_pkl) as tmp:
         with open(tmp, "wb") as fh:
             pickle.dump(plain, fh, protocol=4)
@@ -53,7 +66,9 @@ class _SafeDType:
 
     def __init__(self, name: Any, align: Any = False, copy: Any = True) -> None:
         if not isinstance(name, str) or not self._NAME.match(name):
-            raise pickle.UnpicklingError(f"refusing numpy dtype {name!r}: only numeric scalars are allowed")
+            raise pickle.UnpicklingError(
+                f"refusing numpy dtype {name!r}: only numeric scalars are allowed"
+            )
         self.name = name
         self.byteorder = "="
 
@@ -134,7 +149,9 @@ def load_lesion_index(
     index = validate_index(obj, source=str(path), size=size, max_box_size=max_box_size)
     absent = [s for s in required_splits if s not in index]
     if absent:
-        raise ValueError(f"{path}: the lesion index has no {absent} split(s) (it has {sorted(index)})")
+        raise ValueError(
+            f"{path}: the lesion index has no {absent} split(s) (it has {sorted(index)})"
+        )
     return index
 
 
@@ -146,8 +163,11 @@ def validate_index(
     max_box_size: float | None = None,
 ) -> dict[str, dict[str, list[tuple[float, float, float, float]]]]:
     """Check the ``{split: {image: [(x1, y1, x2, y2), ...]}}`` structure; return it normalised."""
+
     def fail(msg: str) -> None:
-        raise ValueError(f"{source}: {msg}; expected {{'train': {{'10_left.jpeg': [(x1, y1, x2, y2), ...]}}, 'val': {{...}}}}")
+        raise ValueError(
+            f"{source}: {msg}; expected {{'train': {{'10_left.jpeg': [(x1, y1, x2, y2), ...]}}, 'val': {{...}}}}"
+        )
 
     if not isinstance(obj, dict):
         fail(f"top level is a {type(obj).__name__}, not a dict")
@@ -165,8 +185,11 @@ def validate_index(
                 continue
             clean = []
             for box in boxes:
-                if (not isinstance(box, (list, tuple)) or len(box) != 4
-                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+                if (
+                    not isinstance(box, (list, tuple))
+                    or len(box) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+                ):
                     fail(f"{split}/{image}: box {box!r} is not 4 numbers")
                 x1, y1, x2, y2 = (float(v) for v in box)
                 if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 < x1 or y2 < y1:
@@ -180,5 +203,3 @@ def validate_index(
     if empty:
         log.warning("%s: %d images with no boxes left out: %s", source, len(empty), empty[:20])
     return out
-
-

@@ -76,7 +76,9 @@ def make_index(kept: pd.DataFrame) -> dict[str, dict[str, list[tuple[float, floa
     floats rounded to 0.1 px. Every split in :data:`SPLITS` is present (maybe empty).
     """
     index: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {s: {} for s in SPLITS}
-    kept = kept.sort_values(["split", "image", "score"], ascending=[True, True, False], kind="stable")
+    kept = kept.sort_values(
+        ["split", "image", "score"], ascending=[True, True, False], kind="stable"
+    )
     for (split, image), group in kept.groupby(["split", "image"], sort=True):
         boxes = group[BOX_COLUMNS].astype(float).round(ROUND_DECIMALS).to_numpy()
         index.setdefault(str(split), {})[index_key(str(image))] = [
@@ -118,8 +120,7 @@ def summarise(
         "kept": int((reasons == "").sum()),
         "dropped": {r: int(dropped.get(r, 0)) for r in FILTER_REASONS},
         "kept_per_class": {
-            str(k): int(v) for k, v in
-            Counter(detections.loc[reasons == "", "label_name"]).items()
+            str(k): int(v) for k, v in Counter(detections.loc[reasons == "", "label_name"]).items()
         },
     }
 
@@ -142,7 +143,9 @@ def build_lesion_index(
 ) -> dict[str, Any]:
     """Merge, filter and write the lesion index with its summary and QC pictures."""
     if not 0 <= border_margin < size / 2:
-        raise ValueError(f"lesion_index.border_margin={border_margin} must lie in [0, size/2={size / 2})")
+        raise ValueError(
+            f"lesion_index.border_margin={border_margin} must lie in [0, size/2={size / 2})"
+        )
     manifest = read_crop_manifest(manifest_path)
     rows = manifest[manifest["split"].isin(SPLITS)]
     detections = read_detections(shard_csvs)
@@ -152,25 +155,47 @@ def build_lesion_index(
             f"detections name images not in the train/val rows of {manifest_path} "
             f"(e.g. {sorted(unknown)[:3]}); the shards are stale – rerun lesions_predict"
         )
-    reasons = filter_reasons(detections, score_threshold=score_threshold, max_box_size=max_box_size,
-                             border_margin=border_margin, size=size)
+    reasons = filter_reasons(
+        detections,
+        score_threshold=score_threshold,
+        max_box_size=max_box_size,
+        border_margin=border_margin,
+        size=size,
+    )
     index = make_index(detections[reasons == ""])
     validate_index(index, source="the new lesion index", size=size, max_box_size=max_box_size)
     write_lesion_index(index, out_pkl, out_json)
     images_in = Counter(rows["split"])
     summary = summarise(index, images_in, reasons, detections)
-    summary["filters"] = {"score_threshold": score_threshold, "max_box_size": max_box_size,
-                          "border_margin": border_margin, "size": size}
+    summary["filters"] = {
+        "score_threshold": score_threshold,
+        "max_box_size": max_box_size,
+        "border_margin": border_margin,
+        "size": size,
+    }
     write_json(out_summary, summary)
     for split, s in summary["splits"].items():
-        log.info("%s: %d images in, %d with >=1 box, %d without (left out), %d boxes",
-                 split, s["images_in"], s["images_with_boxes"], s["images_without_boxes"], s["boxes"])
+        log.info(
+            "%s: %d images in, %d with >=1 box, %d without (left out), %d boxes",
+            split,
+            s["images_in"],
+            s["images_with_boxes"],
+            s["images_without_boxes"],
+            s["boxes"],
+        )
         hist = s["boxes_per_image_histogram"]
-        log.info("%s boxes per image (count: images, last bin: %d or more): %s", split, len(hist) - 1,
-                 {k: v for k, v in enumerate(hist) if v})
-    log.info("detections: %d, kept %d, dropped %s", summary["detections"], summary["kept"], summary["dropped"])
+        log.info(
+            "%s boxes per image (count: images, last bin: %d or more): %s",
+            split,
+            len(hist) - 1,
+            {k: v for k, v in enumerate(hist) if v},
+        )
+    log.info(
+        "detections: %d, kept %d, dropped %s",
+        summary["detections"],
+        summary["kept"],
+        summary["dropped"],
+    )
     plot_summary(summary, out_histogram)
     plot_qc(index, rows, out_qc, n_images=qc_images, seed=seed, size=size)
     return summary
-
-

@@ -99,14 +99,19 @@ def predict_shard(
             "the crop folders changed after the manifest was written. Recreate the crops: rerun "
             "with --forcerun crop_shard (and your --configfile)"
         )
-    log.info("shard %d/%d: %d images (%s)", shard, n_shards, len(rows),
-             dict(Counter(rows["split"])))
+    log.info(
+        "shard %d/%d: %d images (%s)", shard, n_shards, len(rows), dict(Counter(rows["split"]))
+    )
     records: list[dict[str, Any]] = []
     if len(rows):
         detector = LesionDetector(config_path, weights_path, device=device)
         by_path = {p: i for i, p in enumerate(rows["det_path"])}
-        for det in detector.predict(list(rows["det_path"]), batch_size=batch_size, workers=workers,
-                                    desc=f"lesions shard {shard}"):
+        for det in detector.predict(
+            list(rows["det_path"]),
+            batch_size=batch_size,
+            workers=workers,
+            desc=f"lesions shard {shard}",
+        ):
             row = rows.iloc[by_path[det.path]]
             w, h = int(row["det_width"]), int(row["det_height"])
             if (det.width, det.height) != (w, h):
@@ -118,18 +123,27 @@ def predict_shard(
             crop_boxes = rescale_boxes(det.boxes, w, h, size)
             for k in range(len(det.scores)):
                 label = int(det.labels[k])
-                records.append({
-                    "image": row["image"], "split": row["split"], "label": label,
-                    "label_name": detector.classes[label], "score": float(det.scores[k]),
-                    **dict(zip(BOX_COLUMNS, crop_boxes[k].tolist())),
-                    **dict(zip(DET_BOX_COLUMNS, det.boxes[k].tolist())),
-                    "det_width": w, "det_height": h,
-                })
+                records.append(
+                    {
+                        "image": row["image"],
+                        "split": row["split"],
+                        "label": label,
+                        "label_name": detector.classes[label],
+                        "score": float(det.scores[k]),
+                        **dict(zip(BOX_COLUMNS, crop_boxes[k].tolist())),
+                        **dict(zip(DET_BOX_COLUMNS, det.boxes[k].tolist())),
+                        "det_width": w,
+                        "det_height": h,
+                    }
+                )
     table = pd.DataFrame.from_records(records, columns=DETECTION_COLUMNS)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    log.info("shard %d: %d detections on %d images written to %s", shard, len(table),
-             table["image"].nunique(), out_csv)
+    log.info(
+        "shard %d: %d detections on %d images written to %s",
+        shard,
+        len(table),
+        table["image"].nunique(),
+        out_csv,
+    )
     return table
-
-

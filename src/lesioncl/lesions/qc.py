@@ -28,12 +28,19 @@ def plot_summary(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None
     for i, (split, s) in enumerate(summary["splits"].items()):
         hist = s["boxes_per_image_histogram"]
         n_bins = len(hist)
-        ax.bar(np.arange(n_bins) + i * width, hist, width=width, align="edge",
-               label=f"{split}: {s['images_with_boxes']}/{s['images_in']} images, {s['boxes']} boxes")
+        ax.bar(
+            np.arange(n_bins) + i * width,
+            hist,
+            width=width,
+            align="edge",
+            label=f"{split}: {s['images_with_boxes']}/{s['images_in']} images, {s['boxes']} boxes",
+        )
     ticks = list(range(0, n_bins, max(1, n_bins // 10)))
     ax.set_xticks(np.array(ticks) + 0.4)
     ax.set_xticklabels([str(t) if t < n_bins - 1 else f"{t}+" for t in ticks], fontsize=7)
-    ax.set_xlabel(f"kept boxes per image (0: left out of the index; last bin: {n_bins - 1} or more)")
+    ax.set_xlabel(
+        f"kept boxes per image (0: left out of the index; last bin: {n_bins - 1} or more)"
+    )
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -41,8 +48,11 @@ def plot_summary(summary: Mapping[str, Any], out_png: str | os.PathLike) -> None
     values = [summary["kept"], *summary["dropped"].values()]
     ax.bar(names, values, color=["tab:green"] + ["tab:red"] * len(summary["dropped"]))
     f = summary.get("filters", {})
-    ax.set_title(f"detections: {summary['detections']} (score > {f.get('score_threshold')}, "
-                 f"side <= {f.get('max_box_size')}, margin {f.get('border_margin')})", fontsize=9)
+    ax.set_title(
+        f"detections: {summary['detections']} (score > {f.get('score_threshold')}, "
+        f"side <= {f.get('max_box_size')}, margin {f.get('border_margin')})",
+        fontsize=9,
+    )
     ax.set_ylabel("boxes")
     fig.tight_layout()
     save_png(fig, out_png, dpi=100)
@@ -63,7 +73,9 @@ def plot_qc(
     from PIL import Image
 
     keyed = {index_key(str(r.image)): r for r in rows.itertuples()}
-    candidates = sorted((split, key) for split, imgs in index.items() for key in imgs if key in keyed)
+    candidates = sorted(
+        (split, key) for split, imgs in index.items() for key in imgs if key in keyed
+    )
     rng = np.random.default_rng(seed)
     chosen = [candidates[i] for i in sorted(rng.permutation(len(candidates))[:n_images])]
     cols = min(4, max(1, len(chosen)))
@@ -75,7 +87,9 @@ def plot_qc(
         with Image.open(keyed[key].path) as im:
             ax.imshow(np.asarray(im.convert("RGB")))
         for x1, y1, x2, y2 in index[split][key]:
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="yellow", linewidth=0.8))
+            ax.add_patch(
+                Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="yellow", linewidth=0.8)
+            )
         ax.set_xlim(0, size)
         ax.set_ylim(size, 0)
         ax.set_title(f"{split}/{key} ({len(index[split][key])})", fontsize=7)

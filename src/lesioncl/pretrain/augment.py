@@ -128,7 +128,9 @@ class ViewAugment:
         self.mean, self.std = mean, std
 
     # ---- sampling (CPU) -------------------------------------------------------------
-    def sample(self, n: int, in_size: tuple[int, int], generator: torch.Generator | None = None) -> AugmentParams:
+    def sample(
+        self, n: int, in_size: tuple[int, int], generator: torch.Generator | None = None
+    ) -> AugmentParams:
         """Parameters of ``n`` views of ``in_size = (H, W)`` inputs, by torchvision's rules."""
         g = generator
 
@@ -140,8 +142,13 @@ class ViewAugment:
         b, c, s, h = self.jitter
         jitter_order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
         jitter = torch.stack(
-            [uniform(max(0.0, 1 - b), 1 + b, n), uniform(max(0.0, 1 - c), 1 + c, n),
-             uniform(max(0.0, 1 - s), 1 + s, n), uniform(-h, h, n)], dim=1
+            [
+                uniform(max(0.0, 1 - b), 1 + b, n),
+                uniform(max(0.0, 1 - c), 1 + c, n),
+                uniform(max(0.0, 1 - s), 1 + s, n),
+                uniform(-h, h, n),
+            ],
+            dim=1,
         ).float()
         crop = self._sample_crop(n, in_size, uniform, g)
         angle = uniform(-self.degrees, self.degrees, n).float()
@@ -195,13 +202,21 @@ class ViewAugment:
         the number of GPUs.
         """
         if batch.dtype != torch.uint8 or batch.ndim != 5 or batch.shape[-1] != 3:
-            raise ValueError(f"expected a uint8 (B, V, H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}")
+            raise ValueError(
+                f"expected a uint8 (B, V, H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}"
+            )
         n_samples, n_views = batch.shape[:2]
         x = batch.permute(0, 1, 4, 2, 3).float().div_(255.0)  # (B, V, 3, H, W)
         if n_views == 1:  # whole image: resize once, then two views of it
             x = x[:, 0]
             if x.shape[-1] != self.out_size or x.shape[-2] != self.out_size:
-                x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+                x = F.interpolate(
+                    x,
+                    size=(self.out_size, self.out_size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                ).clamp_(0, 1)
             x = x.repeat_interleave(2, dim=0)  # (2B, 3, s, s), sample-major
         elif n_views == 2:
             x = x.flatten(0, 1)  # (2B, 3, H, W), sample-major
@@ -250,7 +265,9 @@ class ViewAugment:
         # inverse affine: p2 = R(-angle) (p3 - c - t) + c, rotating about the centre
         rad = torch.deg2rad(params.angle).to(dev, non_blocking=True)
         cos, sin = torch.cos(rad), torch.sin(rad)
-        rot_inv = torch.stack((torch.stack((cos, sin), -1), torch.stack((-sin, cos), -1)), -2)  # (N, 2, 2)
+        rot_inv = torch.stack(
+            (torch.stack((cos, sin), -1), torch.stack((-sin, cos), -1)), -2
+        )  # (N, 2, 2)
         centre = out / 2.0
         t = params.translate.to(dev, non_blocking=True).view(n, 1, 2)
         p2 = torch.einsum("nij,npj->npi", rot_inv, base - centre - t) + centre  # (N, P, 2)
@@ -263,7 +280,9 @@ class ViewAugment:
         p1 = origin + p2 * (extent / out)
         # flips of the input
         size = torch.tensor((width, height), device=dev, dtype=torch.float32)
-        flip = torch.stack((params.hflip, params.vflip), -1).to(dev, non_blocking=True).view(n, 1, 2)
+        flip = (
+            torch.stack((params.hflip, params.vflip), -1).to(dev, non_blocking=True).view(n, 1, 2)
+        )
         p0 = torch.where(flip, size - p1, p1)
         grid = (p0 * (2.0 / size) - 1.0).view(n, out, out, 2)
         warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

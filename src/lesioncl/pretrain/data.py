@@ -158,7 +158,9 @@ class LesionPairDataset(_CacheDataset):
                     f"{index_file}: image {name} has boxes of shape {arr.shape}, expected a list "
                     "of (x1, y1, x2, y2); rebuild the lesion index"
                 )
-            valid = (arr[:, 2] >= arr[:, 0]) & (arr[:, 3] >= arr[:, 1]) & np.isfinite(arr).all(axis=1)
+            valid = (
+                (arr[:, 2] >= arr[:, 0]) & (arr[:, 3] >= arr[:, 1]) & np.isfinite(arr).all(axis=1)
+            )
             if not valid.all():
                 raise ValueError(
                     f"{index_file}: image {name} has malformed boxes {arr[~valid][:3].tolist()} "
@@ -171,7 +173,9 @@ class LesionPairDataset(_CacheDataset):
         if empty:
             log.info("%s: %d images without lesion boxes are left out", index_file, empty)
         if not self.items:
-            raise ValueError(f"{index_file}: no image with a lesion box for this split; nothing to train on")
+            raise ValueError(
+                f"{index_file}: no image with a lesion box for this split; nothing to train on"
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -198,7 +202,13 @@ class WholeImageDataset(_CacheDataset):
     images, not of 512 crops, travel to the GPU; ``None`` keeps the cached size.
     """
 
-    def __init__(self, cache: str | os.PathLike, seed: int = 0, stream: int = TRAIN_STREAM, size: int | None = None):
+    def __init__(
+        self,
+        cache: str | os.PathLike,
+        seed: int = 0,
+        stream: int = TRAIN_STREAM,
+        size: int | None = None,
+    ):
         super().__init__(cache, seed, stream)
         self.out_size = None if size is None or size == self.size else int(size)
 
@@ -211,7 +221,9 @@ class WholeImageDataset(_CacheDataset):
         if self.out_size is not None:
             import cv2
 
-            image = cv2.resize(np.asarray(image), (self.out_size, self.out_size), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(
+                np.asarray(image), (self.out_size, self.out_size), interpolation=cv2.INTER_AREA
+            )
         return torch.from_numpy(np.array(image)[None])
 
 
@@ -226,7 +238,9 @@ class EpochSampler(Sampler):
     (a run resumed mid-epoch). ``(epoch, skip)`` is the sampler's whole state.
     """
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+    ):
         if n < world_size:
             raise ValueError(f"{n} samples cannot be split across {world_size} ranks")
         self.n, self.shuffle, self.seed = n, shuffle, seed

@@ -35,7 +35,9 @@ class SupConLoss(nn.Module):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
-        self.base_temperature = float(base_temperature if base_temperature is not None else temperature)
+        self.base_temperature = float(
+            base_temperature if base_temperature is not None else temperature
+        )
 
     def forward(
         self,
@@ -63,14 +65,18 @@ class SupConLoss(nn.Module):
         self_col = (torch.arange(v, device=device).view(v, 1) * n + anchor_ids.view(1, a)).flatten()
         not_self = torch.ones_like(logits, dtype=torch.bool)
         not_self[torch.arange(v * a, device=device), self_col] = False
-        positive = (labels[anchor_ids].repeat(v).view(-1, 1) == labels.repeat(v).view(1, -1)) & not_self
+        positive = (
+            labels[anchor_ids].repeat(v).view(-1, 1) == labels.repeat(v).view(1, -1)
+        ) & not_self
 
         logits = logits.masked_fill(~not_self, float("-inf"))
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         log_prob = log_prob.masked_fill(~not_self, 0.0)  # -inf * 0 would be nan
         n_pos = positive.sum(dim=1)
         if (n_pos == 0).any():
-            raise ValueError("an anchor has no positive; every class needs two views or two samples")
+            raise ValueError(
+                "an anchor has no positive; every class needs two views or two samples"
+            )
         mean_log_prob_pos = (log_prob * positive).sum(dim=1) / n_pos
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
 

@@ -29,14 +29,20 @@ from lesioncl.evaluation.metrics import N_LEVELS, quadratic_kappa
 
 
 def knn_predict(
-    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 20, temperature: float = 0.07
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
 ) -> torch.Tensor:
     """Grades of ``queries`` (Q, D) by a weighted vote of their ``k`` nearest rows of ``bank`` (B, D).
 
     Rows are L2-normalised here; ``bank_labels`` (B,) are grades 0-4. Returns (Q,) int64.
     """
     if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"bank (B, D) and queries (Q, D) expected, got {tuple(bank.shape)}, {tuple(queries.shape)}")
+        raise ValueError(
+            f"bank (B, D) and queries (Q, D) expected, got {tuple(bank.shape)}, {tuple(queries.shape)}"
+        )
     if len(bank) == 0:
         raise ValueError("kNN probe: the memory bank is empty")
     bank = F.normalize(bank.float(), dim=1)
@@ -71,32 +77,59 @@ class KNNProbe:
         self.train_images, train_rows = load_crop_cache(train_cache, csv_path_of(train_cache))
         self.val_images, val_rows = load_crop_cache(val_cache, csv_path_of(val_cache))
         n = len(self.train_images)
-        self.train_rows = np.unique(np.linspace(0, n - 1, min(n, int(max_train))).round().astype(np.int64))
-        self.train_levels = torch.from_numpy(train_rows["level"].to_numpy()[self.train_rows].astype(np.int64))
+        self.train_rows = np.unique(
+            np.linspace(0, n - 1, min(n, int(max_train))).round().astype(np.int64)
+        )
+        self.train_levels = torch.from_numpy(
+            train_rows["level"].to_numpy()[self.train_rows].astype(np.int64)
+        )
         self.val_levels = val_rows["level"].to_numpy().astype(np.int64)
-        self.size, self.k, self.temperature, self.batch_size = int(size), int(k), float(temperature), int(batch_size)
+        self.size, self.k, self.temperature, self.batch_size = (
+            int(size),
+            int(k),
+            float(temperature),
+            int(batch_size),
+        )
         if len(self.train_rows) == 0 or len(self.val_levels) == 0:
-            raise ValueError(f"kNN probe needs labelled train and val crops ({train_cache}, {val_cache})")
+            raise ValueError(
+                f"kNN probe needs labelled train and val crops ({train_cache}, {val_cache})"
+            )
 
     @torch.no_grad()
-    def features(self, backbone: nn.Module, images: np.ndarray, rows: np.ndarray, device: torch.device,
-                 amp: bool = False, channels_last: bool = False) -> torch.Tensor:
+    def features(
+        self,
+        backbone: nn.Module,
+        images: np.ndarray,
+        rows: np.ndarray,
+        device: torch.device,
+        amp: bool = False,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
         """Pooled features (N, D) of ``images[rows]`` on the CPU (float32)."""
         out = []
         for start in range(0, len(rows), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + self.batch_size]]))
+            batch = torch.from_numpy(
+                np.ascontiguousarray(images[rows[start : start + self.batch_size]])
+            )
             x = normalize(to_float(batch.to(device), self.size), channels_last)
             with autocast(str(device), amp):
                 out.append(backbone(x).float().cpu())
         return torch.cat(out)
 
-    def __call__(self, backbone: nn.Module, device: torch.device, amp: bool = False,
-                 channels_last: bool = False) -> dict[str, float]:
+    def __call__(
+        self,
+        backbone: nn.Module,
+        device: torch.device,
+        amp: bool = False,
+        channels_last: bool = False,
+    ) -> dict[str, float]:
         """Run the probe with ``backbone`` in eval mode (its mode is restored); kappa and accuracy."""
         was_training = backbone.training
         backbone.eval()
         try:
-            bank = self.features(backbone, self.train_images, self.train_rows, device, amp, channels_last)
+            bank = self.features(
+                backbone, self.train_images, self.train_rows, device, amp, channels_last
+            )
             val_rows = np.arange(len(self.val_levels))
             queries = self.features(backbone, self.val_images, val_rows, device, amp, channels_last)
         finally:

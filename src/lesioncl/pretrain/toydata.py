@@ -34,7 +34,10 @@ def render_crop(
     disc = (r < 1).astype(np.float32)
     shade = (1.0 - 0.5 * r**2) * (0.8 + 0.4 * rng.random())
     if colorful:
-        base = np.asarray(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), 1.0), np.float32) * 230
+        base = (
+            np.asarray(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), 1.0), np.float32)
+            * 230
+        )
     else:
         base = np.array([200, 95, 45], np.float32) * rng.uniform(0.8, 1.2, 3)
     img = disc[..., None] * shade[..., None] * base
@@ -44,10 +47,20 @@ def render_crop(
         ang, rad = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.38) * size
         x, y = c + rad * np.cos(ang), c + rad * np.sin(ang)
         blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (radius / 2) ** 2))
-        color = np.array([90, 20, 15], np.float32) if rng.random() < 0.6 else np.array([250, 230, 120], np.float32)
+        color = (
+            np.array([90, 20, 15], np.float32)
+            if rng.random() < 0.6
+            else np.array([250, 230, 120], np.float32)
+        )
         img = img * (1 - blob[..., None]) + color * blob[..., None] * disc[..., None]
-        boxes.append((float(max(0, x - radius)), float(max(0, y - radius)),
-                      float(min(size, x + radius)), float(min(size, y + radius))))
+        boxes.append(
+            (
+                float(max(0, x - radius)),
+                float(max(0, y - radius)),
+                float(min(size, x + radius)),
+                float(min(size, y + radius)),
+            )
+        )
     img += rng.normal(0, 3, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), boxes
 
@@ -77,8 +90,16 @@ def write_toy_dataset(
         img, boxes = render_crop(rng, size, int(rng.integers(1, max_lesions + 1)), colorful)
         path = crops / f"{name}.jpeg"
         Image.fromarray(img).save(path, quality=95)
-        rows.append({"image": name, "patient_id": i // 2, "eye": name.split("_")[1], "level": int(rng.integers(0, 5)),
-                     "split": split, "path": str(path)})
+        rows.append(
+            {
+                "image": name,
+                "patient_id": i // 2,
+                "eye": name.split("_")[1],
+                "level": int(rng.integers(0, 5)),
+                "split": split,
+                "path": str(path),
+            }
+        )
         index[split][f"{name}.jpeg"] = boxes
     manifest = folder / "crop_manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)

@@ -74,8 +74,16 @@ from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_l
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "pairs_per_s", "embedding_std", "knn_kappa",
-                   "elapsed_s"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "pairs_per_s",
+    "embedding_std",
+    "knn_kappa",
+    "elapsed_s",
+]
 #: An epoch whose embeddings spread less than this fraction of 1/sqrt(proj_dim) (the std
 #: of uniformly spread unit vectors) counts as collapsed ...
 COLLAPSE_FRACTION = 0.05
@@ -86,8 +94,19 @@ MODES = ("lesion", "whole")
 OPTIMIZERS = ("sgd", "adamw")
 # Settings that change how a run executes but not what it computes: not in the fingerprint.
 _OPERATIONAL = {
-    "train_cache", "val_cache", "lesion_index", "out_dir", "checkpoint", "workers",
-    "checkpoint_every", "compile", "resume", "log_images", "probe_size", "probe_k", "probe_max_train",
+    "train_cache",
+    "val_cache",
+    "lesion_index",
+    "out_dir",
+    "checkpoint",
+    "workers",
+    "checkpoint_every",
+    "compile",
+    "resume",
+    "log_images",
+    "probe_size",
+    "probe_k",
+    "probe_max_train",
 }
 
 
@@ -97,7 +116,9 @@ class PretrainConfig:
 
     mode: str  # "lesion" (the paper) or "whole" (SimCLR on whole images)
     train_cache: str  # results/cache/crops_train.npy
-    out_dir: str  # results/pretrain/{method}: backbone.pth, final.pt, history.csv, loss_curve.png, tb/
+    out_dir: (
+        str  # results/pretrain/{method}: backbone.pth, final.pt, history.csv, loss_curve.png, tb/
+    )
     val_cache: str | None = None  # results/cache/crops_val.npy (None: no validation)
     lesion_index: str | None = None  # results/lesions/lesion_index.pkl (mode "lesion")
     checkpoint: str | None = None  # resume checkpoint; default {out_dir}/checkpoints/last.pt
@@ -138,11 +159,17 @@ class PretrainConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
         if self.mode == "lesion" and not self.lesion_index:
-            raise ValueError("lesion-based pretraining needs `lesion_index` (the lesion index pickle)")
+            raise ValueError(
+                "lesion-based pretraining needs `lesion_index` (the lesion index pickle)"
+            )
 
     @property
     def checkpoint_path(self) -> Path:
-        return Path(self.checkpoint) if self.checkpoint else Path(self.out_dir) / "checkpoints" / "last.pt"
+        return (
+            Path(self.checkpoint)
+            if self.checkpoint
+            else Path(self.out_dir) / "checkpoints" / "last.pt"
+        )
 
     def outputs(self) -> dict[str, Path]:
         out = Path(self.out_dir)
@@ -217,7 +244,10 @@ class WarmupCosine:
 
 def step_seed(seed: int, stream: int, epoch: int, step: int) -> int:
     """Seed of the augmentation generator of one (global) batch."""
-    return int(np.random.SeedSequence([seed % 2**63, stream, epoch, step]).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([seed % 2**63, stream, epoch, step]).generate_state(1, np.uint64)[0]
+        >> 1
+    )
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -225,7 +255,11 @@ def capture_rng_state() -> dict[str, Any]:
     version, keys, gauss = random.getstate()
     np_state = np.random.get_state()
     return {
-        "python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+        "python": {
+            "version": version,
+            "state": torch.tensor(keys, dtype=torch.int64),
+            "gauss": gauss,
+        },
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "pos": int(np_state[2]),
@@ -242,10 +276,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py["version"], tuple(int(k) for k in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state(
-        ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+        (
+            "MT19937",
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        state["cuda"]
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -257,12 +301,23 @@ def build_optimizer(model: nn.Module, cfg: "PretrainConfig") -> torch.optim.Opti
     every parameter, as the paper's recipe does.
     """
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.momentum, 0.999),
+    )
 
 
 class TrainingInterrupted(RuntimeError):
@@ -277,7 +332,9 @@ class Trainer:
     checkpoint); an exception raised there stops training as a crash would.
     """
 
-    def __init__(self, cfg: PretrainConfig, callbacks: Sequence[Callable[["Trainer", int], None]] = ()):
+    def __init__(
+        self, cfg: PretrainConfig, callbacks: Sequence[Callable[["Trainer", int], None]] = ()
+    ):
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.dist = setup_distributed(cfg.device)
@@ -290,16 +347,23 @@ class Trainer:
 
         self.train_set, self.val_set = self.build_datasets()
         self.global_batch, self.local_batch = self.batch_sizes(len(self.train_set), cfg.batch_size)
-        self.train_sampler = EpochSampler(len(self.train_set), True, cfg.seed, self.dist.rank, self.dist.world)
+        self.train_sampler = EpochSampler(
+            len(self.train_set), True, cfg.seed, self.dist.rank, self.dist.world
+        )
         self.train_loader = self.build_loader(self.train_set, self.train_sampler, self.local_batch)
         self.steps_per_epoch = len(self.train_sampler) // self.local_batch
         self.val_loader = None
         if self.val_set is not None:
             val_local = min(self.local_batch, len(self.val_set) // self.dist.world)
             if val_local < 2:
-                log.warning("validation set too small (%d samples) for a contrastive loss; skipped", len(self.val_set))
+                log.warning(
+                    "validation set too small (%d samples) for a contrastive loss; skipped",
+                    len(self.val_set),
+                )
             else:
-                self.val_sampler = EpochSampler(len(self.val_set), False, cfg.seed, self.dist.rank, self.dist.world)
+                self.val_sampler = EpochSampler(
+                    len(self.val_set), False, cfg.seed, self.dist.rank, self.dist.world
+                )
                 self.val_loader = self.build_loader(self.val_set, self.val_sampler, val_local)
 
         self.module = self.build_model()
@@ -308,10 +372,15 @@ class Trainer:
         self.augment = ViewAugment(cfg.view_size)
         self.optimizer = build_optimizer(self.module, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch)
+            self.optimizer,
+            WarmupCosine(
+                cfg.epochs * self.steps_per_epoch, cfg.warmup_epochs * self.steps_per_epoch
+            ),
         )
         self.autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16) if (cfg.amp and self.cuda) else nullcontext()
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if (cfg.amp and self.cuda)
+            else nullcontext()
         )
         self.fingerprint = self.compute_fingerprint()
         self.epoch, self.step = 0, 0  # next step to run
@@ -324,8 +393,13 @@ class Trainer:
         if cfg.probe_size and self.dist.is_main and cfg.val_cache:
             from lesioncl.pretrain.probe import KNNProbe
 
-            self.probe = KNNProbe(cfg.train_cache, cfg.val_cache, cfg.probe_size, cfg.probe_k,
-                                  max_train=cfg.probe_max_train)
+            self.probe = KNNProbe(
+                cfg.train_cache,
+                cfg.val_cache,
+                cfg.probe_size,
+                cfg.probe_k,
+                max_train=cfg.probe_max_train,
+            )
 
     # ---- construction --------------------------------------------------------------
     def build_datasets(self):
@@ -335,37 +409,68 @@ class Trainer:
 
             size = open_crop_cache(cfg.train_cache)[0].shape[1]
             index = load_lesion_index(cfg.lesion_index, required_splits=("train",), size=size)
-            train = LesionPairDataset(cfg.train_cache, index["train"], cfg.view_size, cfg.seed, TRAIN_STREAM,
-                                      index_file=f"{cfg.lesion_index} [train]")
+            train = LesionPairDataset(
+                cfg.train_cache,
+                index["train"],
+                cfg.view_size,
+                cfg.seed,
+                TRAIN_STREAM,
+                index_file=f"{cfg.lesion_index} [train]",
+            )
             val = None
             if cfg.val_cache and index.get("val"):
-                val = LesionPairDataset(cfg.val_cache, index["val"], cfg.view_size, cfg.seed, VAL_STREAM,
-                                        index_file=f"{cfg.lesion_index} [val]")
+                val = LesionPairDataset(
+                    cfg.val_cache,
+                    index["val"],
+                    cfg.view_size,
+                    cfg.seed,
+                    VAL_STREAM,
+                    index_file=f"{cfg.lesion_index} [val]",
+                )
             elif cfg.val_cache:
                 log.warning("%s has no val images: no validation loss", cfg.lesion_index)
         else:
             train = WholeImageDataset(cfg.train_cache, cfg.seed, TRAIN_STREAM, size=cfg.view_size)
-            val = WholeImageDataset(cfg.val_cache, cfg.seed, VAL_STREAM, size=cfg.view_size) if cfg.val_cache else None
-        log.info("%s pretraining: %d train / %s val samples", cfg.mode, len(train), len(val) if val else 0)
+            val = (
+                WholeImageDataset(cfg.val_cache, cfg.seed, VAL_STREAM, size=cfg.view_size)
+                if cfg.val_cache
+                else None
+            )
+        log.info(
+            "%s pretraining: %d train / %s val samples",
+            cfg.mode,
+            len(train),
+            len(val) if val else 0,
+        )
         return train, val
 
     def batch_sizes(self, n_train: int, requested: int) -> tuple[int, int]:
         world = self.dist.world
         if requested % world:
-            raise ValueError(f"pretrain batch size {requested} is not divisible by the {world} GPUs; change one of them")
+            raise ValueError(
+                f"pretrain batch size {requested} is not divisible by the {world} GPUs; change one of them"
+            )
         batch = requested
         if batch > n_train:
             batch = (n_train // world) * world
             log.warning("batch size %d > %d training samples: using %d", requested, n_train, batch)
         if batch // world < 1 or batch < 2:
-            raise ValueError(f"{n_train} training samples are too few for contrastive training on {world} GPUs")
+            raise ValueError(
+                f"{n_train} training samples are too few for contrastive training on {world} GPUs"
+            )
         return batch, batch // world
 
     def build_loader(self, dataset, sampler: EpochSampler, batch: int) -> DataLoader:
         workers = self.cfg.workers
         return DataLoader(
-            dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
-            pin_memory=self.cuda, persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=self.cuda,
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
         )
 
     def build_model(self) -> ContrastiveModel:
@@ -384,7 +489,9 @@ class Trainer:
     def wrap_model(self, module: nn.Module) -> nn.Module:
         model: nn.Module = module
         if self.dist.world > 1:
-            model = DistributedDataParallel(module, device_ids=[self.dist.local_rank] if self.cuda else None)
+            model = DistributedDataParallel(
+                module, device_ids=[self.dist.local_rank] if self.cuda else None
+            )
         if self.cfg.compile:
             model = torch.compile(model)
         return model
@@ -400,7 +507,9 @@ class Trainer:
                 st = Path(path).stat()
                 data.append([Path(path).name, st.st_size, int(st.st_mtime)])
         settings["data"] = data
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(
+            json.dumps(settings, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
 
     def open_writer(self):
         if not self.dist.is_main:
@@ -412,8 +521,11 @@ class Trainer:
         # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
         from lesioncl.hparams import PRETRAIN_METRICS, pretrain_hparams, write_hparams
 
-        write_hparams(writer, pretrain_hparams(self.cfg, global_batch=self.global_batch,
-                                               world_size=self.dist.world), PRETRAIN_METRICS)
+        write_hparams(
+            writer,
+            pretrain_hparams(self.cfg, global_batch=self.global_batch, world_size=self.dist.world),
+            PRETRAIN_METRICS,
+        )
         return writer
 
     # ---- training ------------------------------------------------------------------
@@ -422,8 +534,15 @@ class Trainer:
         cfg = self.cfg
         log.info(
             "training %s %s on %s x%d: %d epochs x %d steps, global batch %d (%d per rank), %d-px views",
-            cfg.mode, cfg.arch, self.device, self.dist.world, cfg.epochs, self.steps_per_epoch,
-            self.global_batch, self.local_batch, cfg.view_size,
+            cfg.mode,
+            cfg.arch,
+            self.device,
+            self.dist.world,
+            cfg.epochs,
+            self.steps_per_epoch,
+            self.global_batch,
+            self.local_batch,
+            cfg.view_size,
         )
         previous = self._install_signal_handlers()
         self.fit_start, self.fit_start_epoch = time.perf_counter(), self.epoch
@@ -438,9 +557,16 @@ class Trainer:
                 if self.is_val_epoch(epoch):
                     val_loss = self.validate(epoch)
                     knn = self.run_probe()
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                       "pairs_per_s": pairs_per_s, "embedding_std": spread, "knn_kappa": knn,
-                       "elapsed_s": elapsed_before + time.perf_counter() - self.fit_start}
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": lr,
+                    "pairs_per_s": pairs_per_s,
+                    "embedding_std": spread,
+                    "knn_kappa": knn,
+                    "elapsed_s": elapsed_before + time.perf_counter() - self.fit_start,
+                }
                 self.history.append(row)
                 self.epoch, self.step = epoch + 1, 0
                 self.partial = new_partial()
@@ -467,8 +593,14 @@ class Trainer:
         self._sync()
         tic = time.perf_counter()
         bar = progress(
-            self.train_loader, total=self.steps_per_epoch, initial=start, disable=not self.dist.is_main,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step", leave=False, mininterval=2.0,
+            self.train_loader,
+            total=self.steps_per_epoch,
+            initial=start,
+            disable=not self.dist.is_main,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="step",
+            leave=False,
+            mininterval=2.0,
         )
         for step, batch in enumerate(bar, start=start):
             self.step = step
@@ -530,7 +662,13 @@ class Trainer:
         self.val_sampler.set_epoch(0)  # the same windows and views at every validation
         total, count = 0.0, 0
         for step, batch in enumerate(
-            progress(self.val_loader, disable=not self.dist.is_main, desc="validation", leave=False, mininterval=2.0)
+            progress(
+                self.val_loader,
+                disable=not self.dist.is_main,
+                desc="validation",
+                leave=False,
+                mininterval=2.0,
+            )
         ):
             views = self.make_views(batch, 0, step, VAL_STREAM)
             with self.autocast:
@@ -565,7 +703,9 @@ class Trainer:
         """NT-Xent of this rank's samples against the global batch. z: (2n, D), sample-major."""
         return self.criterion.global_loss(z.view(z.shape[0] // 2, 2, -1))
 
-    def reduce_step(self, loss: torch.Tensor, spread: torch.Tensor | None = None) -> tuple[float, float, bool]:
+    def reduce_step(
+        self, loss: torch.Tensor, spread: torch.Tensor | None = None
+    ) -> tuple[float, float, bool]:
         """Mean loss and embedding spread over ranks, and whether any rank was asked to stop
         (one sync per step)."""
         spread = torch.zeros((), device=loss.device) if spread is None else spread
@@ -589,7 +729,9 @@ class Trainer:
         if row["embedding_std"] < floor:
             log.warning(
                 "epoch %d: embedding std %.2g is below %.2g: the embeddings are collapsing",
-                row["epoch"], row["embedding_std"], floor,
+                row["epoch"],
+                row["embedding_std"],
+                floor,
             )
         if len(recent) == COLLAPSE_PATIENCE and all(v < floor for v in recent):
             raise FloatingPointError(
@@ -614,8 +756,18 @@ class Trainer:
         done_here = row["epoch"] - self.fit_start_epoch
         per_epoch = (time.perf_counter() - self.fit_start) / max(1, done_here)
         eta = per_epoch * (self.cfg.epochs - row["epoch"])
-        log.info(msg, row["epoch"], self.cfg.epochs, row["train_loss"], val, knn, row["lr"], row["pairs_per_s"],
-                 format_duration(row["elapsed_s"]), format_duration(eta))
+        log.info(
+            msg,
+            row["epoch"],
+            self.cfg.epochs,
+            row["train_loss"],
+            val,
+            knn,
+            row["lr"],
+            row["pairs_per_s"],
+            format_duration(row["elapsed_s"]),
+            format_duration(eta),
+        )
         if self.writer is not None:
             step = row["epoch"] * self.steps_per_epoch
             self.writer.add_scalar("epoch/train_loss", row["train_loss"], step)
@@ -628,7 +780,9 @@ class Trainer:
         if self.dist.is_main:
             write_history(self.cfg.outputs()["history"], self.history)
 
-    def log_views(self, batch: torch.Tensor, views: torch.Tensor, step: int, pairs: int = 8) -> None:
+    def log_views(
+        self, batch: torch.Tensor, views: torch.Tensor, step: int, pairs: int = 8
+    ) -> None:
         """TensorBoard grids of the first view pairs: the augmented views and the raw input."""
         if self.writer is None:
             return
@@ -638,7 +792,9 @@ class Trainer:
         shown = denormalize(views[:k].flatten(0, 1).float().contiguous()).cpu()
         self.writer.add_image("views/augmented_pairs", make_grid(shown, nrow=4, padding=2), step)
         raw = batch[:k].flatten(0, 1).permute(0, 3, 1, 2).float().div(255).cpu()
-        self.writer.add_image("views/input", make_grid(raw, nrow=4 if batch.shape[1] == 2 else 2, padding=2), step)
+        self.writer.add_image(
+            "views/input", make_grid(raw, nrow=4 if batch.shape[1] == 2 else 2, padding=2), step
+        )
 
     # ---- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -660,7 +816,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": None,  # bf16 autocast needs no gradient scaler
             "rng": states,
-            "sampler": {"epoch": self.epoch, "seed": self.cfg.seed, "skip": self.step * self.local_batch},
+            "sampler": {
+                "epoch": self.epoch,
+                "seed": self.cfg.seed,
+                "skip": self.step * self.local_batch,
+            },
             "history": [dict(r) for r in self.history],
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world,
@@ -672,8 +832,13 @@ class Trainer:
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
             if self.step:
-                log.info("checkpoint: %s (epoch %d, %d of %d steps done)", path, self.epoch + 1, self.step,
-                         self.steps_per_epoch)
+                log.info(
+                    "checkpoint: %s (epoch %d, %d of %d steps done)",
+                    path,
+                    self.epoch + 1,
+                    self.step,
+                    self.steps_per_epoch,
+                )
             else:
                 log.info("checkpoint: %s (after epoch %d)", path, self.epoch)
         if self.dist.world > 1:
@@ -687,12 +852,17 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a torn or foreign file must not block a fresh start
-            log.warning("ignoring unreadable resume checkpoint %s (%s); starting from scratch", path, err)
+            log.warning(
+                "ignoring unreadable resume checkpoint %s (%s); starting from scratch", path, err
+            )
             return False
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning(
                 "resume checkpoint %s was written for other settings or data (fingerprint %s, now %s); "
-                "starting from scratch", path, state.get("fingerprint"), self.fingerprint,
+                "starting from scratch",
+                path,
+                state.get("fingerprint"),
+                self.fingerprint,
             )
             return False
         self.module.load_state_dict(state["model"])
@@ -704,8 +874,14 @@ class Trainer:
         rng = state["rng"]
         if len(rng) == self.dist.world:
             restore_rng_state(rng[self.dist.rank])
-        log.info("resumed from %s: %d epochs and %d of %d steps of epoch %d done", path, self.epoch, self.step,
-                 self.steps_per_epoch, self.epoch + 1)
+        log.info(
+            "resumed from %s: %d epochs and %d of %d steps of epoch %d done",
+            path,
+            self.epoch,
+            self.step,
+            self.steps_per_epoch,
+            self.epoch + 1,
+        )
         return True
 
     # ---- outputs -------------------------------------------------------------------
@@ -721,7 +897,8 @@ class Trainer:
             write_history(out["history"], self.history)
             kind = "lesion-based CL" if self.cfg.mode == "lesion" else "SimCLR on whole images"
             plot_history(
-                self.history, out["curve"],
+                self.history,
+                out["curve"],
                 title=f"{kind}: {self.cfg.arch}, {self.cfg.view_size}-px views, batch {self.global_batch}",
                 chance=math.log(2 * self.global_batch - 1),
             )
@@ -738,7 +915,10 @@ class Trainer:
             return {}
 
         def request_stop(signum, frame):  # noqa: ARG001
-            log.warning("received signal %d: stopping after this step and writing a resume checkpoint", signum)
+            log.warning(
+                "received signal %d: stopping after this step and writing a resume checkpoint",
+                signum,
+            )
             self.stop_requested = True
 
         previous = {}
@@ -774,12 +954,19 @@ def write_history(path: str | os.PathLike, history: Iterable[dict[str, float]]) 
             writer.writeheader()
             for row in history:
                 values = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
-                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
-                                 for k, v in values.items()})
+                writer.writerow(
+                    {
+                        k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                        for k, v in values.items()
+                    }
+                )
 
 
 def plot_history(
-    history: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "", chance: float | None = None
+    history: Sequence[dict[str, float]],
+    path: str | os.PathLike,
+    title: str = "",
+    chance: float | None = None,
 ) -> None:
     """Train and validation loss per epoch as a PNG; ``chance``: the loss of uninformative
     embeddings, log(2B - 1) for B pairs, drawn as a dashed line."""
@@ -801,7 +988,9 @@ def plot_history(
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    knn = [(r["epoch"], r["knn_kappa"]) for r in history if math.isfinite(r.get("knn_kappa", math.nan))]
+    knn = [
+        (r["epoch"], r["knn_kappa"]) for r in history if math.isfinite(r.get("knn_kappa", math.nan))
+    ]
     if knn:  # the kNN probe's val kappa on a second axis
         ax2 = ax.twinx()
         (line,) = ax2.plot(*zip(*knn), "s-", color="C3", label="kNN probe: val kappa")
@@ -817,7 +1006,9 @@ def plot_history(
 
 
 # --------------------------------------------------------------------------- entry points
-def run_pretraining(cfg: PretrainConfig, callbacks: Sequence[Callable[[Trainer, int], None]] = ()) -> list[dict]:
+def run_pretraining(
+    cfg: PretrainConfig, callbacks: Sequence[Callable[[Trainer, int], None]] = ()
+) -> list[dict]:
     """Train (resuming when possible) and write the outputs; tears down a group it created."""
     trainer = Trainer(cfg, callbacks)
     try:
@@ -840,8 +1031,17 @@ def launch(cfg: PretrainConfig, gpus: int = 1, log_file: str | os.PathLike | Non
     config_path = Path(cfg.out_dir) / "launch_config.json"
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "lesioncl.pretrain.train", "--config", str(config_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "lesioncl.pretrain.train",
+        "--config",
+        str(config_path),
+    ]
     if log_file:
         cmd += ["--logfile", str(log_file)]
     log.info("launching %d DDP workers: %s", gpus, " ".join(cmd))
@@ -849,7 +1049,9 @@ def launch(cfg: PretrainConfig, gpus: int = 1, log_file: str | os.PathLike | Non
         handler.flush()
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        raise RuntimeError(f"torchrun pretraining failed with exit code {result.returncode}; see {log_file}")
+        raise RuntimeError(
+            f"torchrun pretraining failed with exit code {result.returncode}; see {log_file}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

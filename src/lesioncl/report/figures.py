@@ -29,7 +29,9 @@ def plot_kappa_vs_fraction(table: pd.DataFrame, evaluation: str, path) -> None:
         y = rows["test_kappa_mean"].to_numpy()
         err = rows["test_kappa_std"].fillna(0).to_numpy()
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-    skipped = sorted(set(table[(table["evaluation"] == evaluation) & (table["status"] != "ok")]["method"]))
+    skipped = sorted(
+        set(table[(table["evaluation"] == evaluation) & (table["status"] != "ok")]["method"])
+    )
     ax.set_xscale("log")
     ticks = sorted(set(table["fraction"].astype(float)))
     ax.set_xticks([t * 100 for t in ticks])
@@ -44,23 +46,39 @@ def plot_kappa_vs_fraction(table: pd.DataFrame, evaluation: str, path) -> None:
     else:
         ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
     if skipped:
-        ax.annotate("not run / skipped: " + ", ".join(skipped), (0.01, 0.01), xycoords="figure fraction",
-                    fontsize=7)
+        ax.annotate(
+            "not run / skipped: " + ", ".join(skipped),
+            (0.01, 0.01),
+            xycoords="figure fraction",
+            fontsize=7,
+        )
     ax.grid(alpha=0.3)
     save_png(fig, path, dpi=120, bbox_inches="tight")
 
 
-def plot_confusion_matrices(raw: Sequence[dict], methods: Sequence[str], evaluations: Sequence[str], path) -> None:
+def plot_confusion_matrices(
+    raw: Sequence[dict], methods: Sequence[str], evaluations: Sequence[str], path
+) -> None:
     """Test confusion matrices at the largest label fraction, pooled over seeds (row-normalised)."""
     plt = pyplot()
     evaluations = list(evaluations)
-    fig, axes = plt.subplots(len(evaluations), len(methods), squeeze=False,
-                             figsize=(2.6 * len(methods) + 0.5, 2.6 * len(evaluations) + 0.4))
+    fig, axes = plt.subplots(
+        len(evaluations),
+        len(methods),
+        squeeze=False,
+        figsize=(2.6 * len(methods) + 0.5, 2.6 * len(evaluations) + 0.4),
+    )
     for i, evaluation in enumerate(evaluations):
         for j, method in enumerate(methods):
             ax = axes[i][j]
-            runs = [r for r in raw if r["method"] == method and r["evaluation"] == evaluation
-                    and not r["skipped"] and "test" in r]
+            runs = [
+                r
+                for r in raw
+                if r["method"] == method
+                and r["evaluation"] == evaluation
+                and not r["skipped"]
+                and "test" in r
+            ]
             ax.set_xticks(range(5))
             ax.set_yticks(range(5))
             ax.set_title(f"{method}\n{EVALUATION_TITLES.get(evaluation, evaluation)}", fontsize=8)
@@ -70,12 +88,23 @@ def plot_confusion_matrices(raw: Sequence[dict], methods: Sequence[str], evaluat
                 ax.set_ylim(4.5, -0.5)
                 continue
             frac = max(r["fraction"] for r in runs)
-            cm = sum(np.array(r["test"]["confusion_matrix"], dtype=float) for r in runs if r["fraction"] == frac)
+            cm = sum(
+                np.array(r["test"]["confusion_matrix"], dtype=float)
+                for r in runs
+                if r["fraction"] == frac
+            )
             norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
             ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
             for (a, b), v in np.ndenumerate(cm):
-                ax.text(b, a, f"{int(v)}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[a, b] > 0.6 else "black")
+                ax.text(
+                    b,
+                    a,
+                    f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[a, b] > 0.6 else "black",
+                )
             ax.set_xlabel(f"predicted ({fraction_label(frac)} labels)", fontsize=7)
             ax.set_ylabel("true grade", fontsize=7)
     fig.tight_layout()
@@ -102,8 +131,15 @@ def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> No
         ax.plot(df["epoch"], df["train_loss"], color=color, label=f"{method} train")
         val = df.dropna(subset=["val_loss"])
         if len(val):
-            ax.plot(val["epoch"], val["val_loss"], color=color, ls="--", marker="o", ms=3,
-                    label=f"{method} val")
+            ax.plot(
+                val["epoch"],
+                val["val_loss"],
+                color=color,
+                ls="--",
+                marker="o",
+                ms=3,
+                label=f"{method} val",
+            )
         knn = df.dropna(subset=["knn_kappa"]) if "knn_kappa" in df else df.iloc[:0]
         if len(knn):
             probed += 1
@@ -117,7 +153,9 @@ def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> No
     if probed:
         ax_knn.legend(fontsize=8)
     else:
-        ax_knn.text(0.5, 0.5, "no kNN probe recorded", ha="center", va="center", transform=ax_knn.transAxes)
+        ax_knn.text(
+            0.5, 0.5, "no kNN probe recorded", ha="center", va="center", transform=ax_knn.transAxes
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("NT-Xent loss")
@@ -125,8 +163,14 @@ def plot_pretrain_curves(histories: Mapping[str, str | os.PathLike], path) -> No
     if histories:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no pretrained method configured", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no pretrained method configured",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.grid(alpha=0.3)
     save_png(fig, path, dpi=120, bbox_inches="tight")
 
@@ -145,7 +189,9 @@ def plot_finetune_curves(histories: Mapping[str, str | os.PathLike], path, title
         ax_kappa.plot(df["epoch"], df["val_kappa"], marker="o", ms=3, color=f"C{i}", label=label)
         best = df["val_kappa"].idxmax() if df["val_kappa"].notna().any() else None
         if best is not None:
-            ax_kappa.plot(df.loc[best, "epoch"], df.loc[best, "val_kappa"], "*", ms=12, color=f"C{i}")
+            ax_kappa.plot(
+                df.loc[best, "epoch"], df.loc[best, "val_kappa"], "*", ms=12, color=f"C{i}"
+            )
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_kappa):

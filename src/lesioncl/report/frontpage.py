@@ -37,11 +37,24 @@ PAPER_CITATION = (
 PAPER_KAPPA: dict[tuple[str, str, float], float] = {
     ("finetune", "lesion_cl", 1.0): 0.8322,
 }
-PAPER_SOURCE = ("the paper's transfer-capacity evaluation (Huang et al., MICCAI 2021: fine-tuning "
-                "on the full training set)")
+PAPER_SOURCE = (
+    "the paper's transfer-capacity evaluation (Huang et al., MICCAI 2021: fine-tuning "
+    "on the full training set)"
+)
 
-PACKAGES = ("lesioncl", "torch", "torchvision", "mmcv", "mmdet", "mmengine", "numpy", "pandas",
-            "scikit-learn", "pillow", "opencv-python-headless")
+PACKAGES = (
+    "lesioncl",
+    "torch",
+    "torchvision",
+    "mmcv",
+    "mmdet",
+    "mmengine",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pillow",
+    "opencv-python-headless",
+)
 
 
 def paper_rows(evaluation: str, fractions: Sequence[float], digits: int = 3) -> list[str]:
@@ -54,12 +67,18 @@ def paper_rows(evaluation: str, fractions: Sequence[float], digits: int = 3) -> 
     for method in sorted({m for (e, m, _f) in PAPER_KAPPA if e == evaluation}):
         cells = []
         for fraction in fractions:
-            match = [v for (e, m, f), v in PAPER_KAPPA.items()
-                     if e == evaluation and m == method and math.isclose(f, float(fraction))]
+            match = [
+                v
+                for (e, m, f), v in PAPER_KAPPA.items()
+                if e == evaluation and m == method and math.isclose(f, float(fraction))
+            ]
             cells.append(f"{match[0]:.{digits}f}" if match else "–")
         if any(c != "–" for c in cells):
-            rows.append(f"| {method}, **paper** (Huang et al. 2021: ResNet-50, real EyePACS) | "
-                        + " | ".join(cells) + " |")
+            rows.append(
+                f"| {method}, **paper** (Huang et al. 2021: ResNet-50, real EyePACS) | "
+                + " | ".join(cells)
+                + " |"
+            )
     return rows
 
 
@@ -89,12 +108,16 @@ def data_description(config: Mapping[str, Any]) -> tuple[bool, list[str]]:
     if eyepacs["source"] == "synthetic":
         lines.append("EyePACS: **synthetic** images generated in the Kaggle layout (the demo)")
     elif eyepacs["source"] == "kaggle":
-        lines.append(f"EyePACS: the Kaggle competition ``{eyepacs['competition']}``, downloaded into "
-                     f"``{eyepacs['download_dir']}``")
+        lines.append(
+            f"EyePACS: the Kaggle competition ``{eyepacs['competition']}``, downloaded into "
+            f"``{eyepacs['download_dir']}``"
+        )
     else:
         lines.append(f"EyePACS: the folder ``{eyepacs['raw_dir']}``")
     if idrid["source"] == "synthetic":
-        lines.append("IDRiD: **synthetic** lesion-segmentation images in the official layout (the demo)")
+        lines.append(
+            "IDRiD: **synthetic** lesion-segmentation images in the official layout (the demo)"
+        )
     else:
         lines.append(f"IDRiD: the official segmentation set at ``{idrid['path']}``")
     synthetic = eyepacs["source"] == "synthetic" or idrid["source"] == "synthetic"
@@ -127,8 +150,15 @@ def headline_rows(table: pd.DataFrame, methods: Sequence[str]) -> list[list[str]
             else:
                 ours = str(r["status"])
             paper = PAPER_KAPPA.get((evaluation, method, fraction))
-            rows.append([method, {"finetune": "fine-tuned", "linear": "linear"}[evaluation],
-                         f"{fraction * 100:g}%", _cell(paper) if paper is not None else "–", ours])
+            rows.append(
+                [
+                    method,
+                    {"finetune": "fine-tuned", "linear": "linear"}[evaluation],
+                    f"{fraction * 100:g}%",
+                    _cell(paper) if paper is not None else "–",
+                    ours,
+                ]
+            )
     return rows
 
 
@@ -154,24 +184,39 @@ def render_front_page(
     synthetic, data_lines = data_description(config)
     pre, ev = config["pretrain"], config["evaluation"]
     lines = [description.rstrip(), "", "This run", "--------", ""]
-    lines.append(f"- **Date**: {date.strftime('%Y-%m-%d %H:%M %Z')} (when the results were complete)")
-    files = ", ".join(f"``{f}``" for f in configfiles) or "the workflow's default ``config/config.yaml``"
+    lines.append(
+        f"- **Date**: {date.strftime('%Y-%m-%d %H:%M %Z')} (when the results were complete)"
+    )
+    files = (
+        ", ".join(f"``{f}``" for f in configfiles)
+        or "the workflow's default ``config/config.yaml``"
+    )
     lines.append(f"- **Config**: {files}")
     lines += [f"- {line}" for line in data_lines]
-    lines.append(f"- **Models**: {pre['arch']} from {pre['init']} weights, {pre['epochs']} pretraining epochs "
-                 f"(batch {pre['batch_size']}); evaluation on {', '.join(f'{float(f) * 100:g}%' for f in ev['fractions'])} "
-                 f"of the training labels, seeds {', '.join(str(s) for s in ev['seeds'])}; device ``{config['device']}``")
+    lines.append(
+        f"- **Models**: {pre['arch']} from {pre['init']} weights, {pre['epochs']} pretraining epochs "
+        f"(batch {pre['batch_size']}); evaluation on {', '.join(f'{float(f) * 100:g}%' for f in ev['fractions'])} "
+        f"of the training labels, seeds {', '.join(str(s) for s in ev['seeds'])}; device ``{config['device']}``"
+    )
     lines.append("- **Software**: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines += ["", "The paper's numbers beside ours", "-------------------------------", ""]
     if synthetic:
-        lines += ["**Synthetic data: our numbers below measure the pipeline on generated images and say "
-                  "nothing about real fundus images; they are not comparable with the paper's.**", ""]
-    lines += [f"Test-split quadratic weighted kappa at the largest label fraction. *Paper*: {PAPER_SOURCE}, "
-              "ResNet-50 at 512 px; '–' where the paper's figure is not listed here. "
-              "Every method and fraction is in the kappa table (category *Evaluation*).", ""]
+        lines += [
+            "**Synthetic data: our numbers below measure the pipeline on generated images and say "
+            "nothing about real fundus images; they are not comparable with the paper's.**",
+            "",
+        ]
+    lines += [
+        f"Test-split quadratic weighted kappa at the largest label fraction. *Paper*: {PAPER_SOURCE}, "
+        "ResNet-50 at 512 px; '–' where the paper's figure is not listed here. "
+        "Every method and fraction is in the kappa table (category *Evaluation*).",
+        "",
+    ]
     rows = headline_rows(table, methods)
     if rows:
-        lines += _list_table(["method", "evaluation", "labels", "paper", "this run"], rows, "25 15 10 15 35")
+        lines += _list_table(
+            ["method", "evaluation", "labels", "paper", "this run"], rows, "25 15 10 15 35"
+        )
     else:
         lines.append("No evaluation results yet.")
     lines += ["", f"Paper: {PAPER_CITATION}.", ""]
@@ -194,14 +239,30 @@ def build_front_page(
     with open(description_path) as fh:
         description = fh.read()
     table = pd.read_csv(kappa_csv)
-    missing = {"method", "evaluation", "fraction", "status", "n_seeds", "test_kappa_mean",
-               "test_kappa_std"} - set(table.columns)
+    missing = {
+        "method",
+        "evaluation",
+        "fraction",
+        "status",
+        "n_seeds",
+        "test_kappa_mean",
+        "test_kappa_std",
+    } - set(table.columns)
     if missing:
         raise ValueError(f"{kappa_csv}: lacks columns {sorted(missing)}; rerun rule kappa_table")
     versions = software_versions()
-    text = render_front_page(description, config, table, configfiles=configfiles, methods=methods,
-                             versions=versions, date=_dt.datetime.now(_dt.timezone.utc))
+    text = render_front_page(
+        description,
+        config,
+        table,
+        configfiles=configfiles,
+        methods=methods,
+        versions=versions,
+        date=_dt.datetime.now(_dt.timezone.utc),
+    )
     with atomic_path(out_rst) as tmp:
         tmp.write_text(text)
-    log.info("front page written to %s (%s)", out_rst, ", ".join(f"{k} {v}" for k, v in versions.items()))
+    log.info(
+        "front page written to %s (%s)", out_rst, ", ".join(f"{k} {v}" for k, v in versions.items())
+    )
     return text

@@ -20,11 +20,27 @@ log = logging.getLogger("lesioncl.report")
 EVALUATIONS = ("linear", "finetune")
 EVALUATION_TITLES = {"linear": "Linear evaluation", "finetune": "Fine-tuning"}
 TABLE_COLUMNS = [
-    "method", "evaluation", "fraction", "n_seeds", "status",
-    "val_kappa_mean", "val_kappa_std", "test_kappa_mean", "test_kappa_std",
-    "test_accuracy_mean", "test_accuracy_std", "test_kappa_tuned_mean", "test_kappa_tuned_std",
-    "test_kappa_ci_low", "test_kappa_ci_high", "test_kappa_tuned_ci_low", "test_kappa_tuned_ci_high",
-    "n_train", "train_steps", "selected_epoch_mean", "skip_reason",
+    "method",
+    "evaluation",
+    "fraction",
+    "n_seeds",
+    "status",
+    "val_kappa_mean",
+    "val_kappa_std",
+    "test_kappa_mean",
+    "test_kappa_std",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "test_kappa_tuned_mean",
+    "test_kappa_tuned_std",
+    "test_kappa_ci_low",
+    "test_kappa_ci_high",
+    "test_kappa_tuned_ci_low",
+    "test_kappa_tuned_ci_high",
+    "n_train",
+    "train_steps",
+    "selected_epoch_mean",
+    "skip_reason",
 ]
 
 
@@ -46,26 +62,38 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list
         try:
             res = json.loads(open(path).read())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable result JSON ({err}); rerun its evaluation rule") from err
+            raise ValueError(
+                f"{path}: not a readable result JSON ({err}); rerun its evaluation rule"
+            ) from err
         missing = {"method", "evaluation", "fraction", "seed", "skipped"} - set(res)
         if missing:
-            raise ValueError(f"{path}: result JSON lacks {sorted(missing)}; rerun its evaluation rule")
+            raise ValueError(
+                f"{path}: result JSON lacks {sorted(missing)}; rerun its evaluation rule"
+            )
         raw.append(res)
-        rows.append({
-            "method": res["method"], "evaluation": res["evaluation"],
-            "fraction": float(res["fraction"]), "seed": int(res["seed"]),
-            "skipped": bool(res["skipped"]), "skip_reason": res.get("skip_reason") or "",
-            "val_kappa": _metric(res, "val", "kappa"), "test_kappa": _metric(res, "test", "kappa"),
-            "test_accuracy": _metric(res, "test", "accuracy"),
-            "test_kappa_tuned": _metric(res, "test_tuned", "kappa"),
-            **{f"{key}_ci_{end}": value
-               for key, split in (("test_kappa", "test"), ("test_kappa_tuned", "test_tuned"))
-               for end, value in zip(("low", "high"), _ci(res, split))},
-            "n_train": res.get("n_train", np.nan),
-            "train_steps": res.get("train_steps", np.nan),
-            "selected_epoch": (res.get("selected") or {}).get("epoch", np.nan),
-            "path": str(path),
-        })
+        rows.append(
+            {
+                "method": res["method"],
+                "evaluation": res["evaluation"],
+                "fraction": float(res["fraction"]),
+                "seed": int(res["seed"]),
+                "skipped": bool(res["skipped"]),
+                "skip_reason": res.get("skip_reason") or "",
+                "val_kappa": _metric(res, "val", "kappa"),
+                "test_kappa": _metric(res, "test", "kappa"),
+                "test_accuracy": _metric(res, "test", "accuracy"),
+                "test_kappa_tuned": _metric(res, "test_tuned", "kappa"),
+                **{
+                    f"{key}_ci_{end}": value
+                    for key, split in (("test_kappa", "test"), ("test_kappa_tuned", "test_tuned"))
+                    for end, value in zip(("low", "high"), _ci(res, split))
+                },
+                "n_train": res.get("n_train", np.nan),
+                "train_steps": res.get("train_steps", np.nan),
+                "selected_epoch": (res.get("selected") or {}).get("epoch", np.nan),
+                "path": str(path),
+            }
+        )
     return pd.DataFrame(rows), raw
 
 
@@ -89,11 +117,19 @@ def kappa_table(
             for fraction in fractions:
                 sel = results
                 if len(results):
-                    sel = results[(results["method"] == method) & (results["evaluation"] == evaluation)
-                                  & np.isclose(results["fraction"], float(fraction))]
+                    sel = results[
+                        (results["method"] == method)
+                        & (results["evaluation"] == evaluation)
+                        & np.isclose(results["fraction"], float(fraction))
+                    ]
                 ok = sel[~sel["skipped"]] if len(sel) else sel
-                row = {"method": method, "evaluation": evaluation, "fraction": float(fraction),
-                       "n_seeds": int(len(ok)), "skip_reason": ""}
+                row = {
+                    "method": method,
+                    "evaluation": evaluation,
+                    "fraction": float(fraction),
+                    "n_seeds": int(len(ok)),
+                    "skip_reason": "",
+                }
                 if len(sel) == 0:
                     row["status"] = "missing"
                 elif len(ok) == 0:
@@ -105,19 +141,36 @@ def kappa_table(
                     mean, std = _mean_std(ok[key]) if len(ok) else (np.nan, np.nan)
                     row[f"{key}_mean"], row[f"{key}_std"] = mean, std
                 # With several seeds: the average of the per-seed bootstrap bounds.
-                for key in ("test_kappa_ci_low", "test_kappa_ci_high",
-                            "test_kappa_tuned_ci_low", "test_kappa_tuned_ci_high"):
-                    row[key] = float(ok[key].mean()) if len(ok) and ok[key].notna().any() else np.nan
+                for key in (
+                    "test_kappa_ci_low",
+                    "test_kappa_ci_high",
+                    "test_kappa_tuned_ci_low",
+                    "test_kappa_tuned_ci_high",
+                ):
+                    row[key] = (
+                        float(ok[key].mean()) if len(ok) and ok[key].notna().any() else np.nan
+                    )
                 row["n_train"] = float(ok["n_train"].mean()) if len(ok) else np.nan
-                row["train_steps"] = (float(ok["train_steps"].mean())
-                                      if len(ok) and ok["train_steps"].notna().any() else np.nan)
-                row["selected_epoch_mean"] = float(ok["selected_epoch"].mean()) if len(ok) else np.nan
+                row["train_steps"] = (
+                    float(ok["train_steps"].mean())
+                    if len(ok) and ok["train_steps"].notna().any()
+                    else np.nan
+                )
+                row["selected_epoch_mean"] = (
+                    float(ok["selected_epoch"].mean()) if len(ok) else np.nan
+                )
                 out.append(row)
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
 
 
-def format_cell(mean: float, std: float, n_seeds: int, status: str = "ok", digits: int = 3,
-                ci: tuple[float, float] | None = None) -> str:
+def format_cell(
+    mean: float,
+    std: float,
+    n_seeds: int,
+    status: str = "ok",
+    digits: int = 3,
+    ci: tuple[float, float] | None = None,
+) -> str:
     """'0.812 ± 0.010' (several seeds), '0.812' (one seed), 'skipped', or '–' (no result).
 
     With ``ci`` (a 95 % bootstrap interval) it follows in brackets: '0.812 [0.77, 0.85]'.
@@ -150,7 +203,9 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
     )
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
     if table["test_kappa_tuned_mean"].notna().any():
-        blocks.append(("finetune", "test_kappa_tuned", "Fine-tuning, thresholds tuned on validation"))
+        blocks.append(
+            ("finetune", "test_kappa_tuned", "Fine-tuning, thresholds tuned on validation")
+        )
     for evaluation, key, title in blocks:
         sub = table[table["evaluation"] == evaluation]
         lines += ["", f"## {title}", ""]
@@ -165,17 +220,25 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
                     continue
                 r = row.iloc[0]
                 ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
-                cells.append(format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"],
-                                         ci=ci))
+                cells.append(
+                    format_cell(
+                        r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"], ci=ci
+                    )
+                )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         if key == "test_kappa":  # the paper's figures, marked as the paper's
             lines += paper_rows(evaluation, fractions)
         if evaluation == "finetune" and key == "test_kappa" and sub["train_steps"].notna().any():
             steps = []
             for fraction in fractions:
-                rows = sub[np.isclose(sub["fraction"], float(fraction)) & sub["train_steps"].notna()]
-                steps.append(f"{fraction_label(fraction)}: {int(rows['train_steps'].max())}" if len(rows) else
-                             f"{fraction_label(fraction)}: –")
+                rows = sub[
+                    np.isclose(sub["fraction"], float(fraction)) & sub["train_steps"].notna()
+                ]
+                steps.append(
+                    f"{fraction_label(fraction)}: {int(rows['train_steps'].max())}"
+                    if len(rows)
+                    else f"{fraction_label(fraction)}: –"
+                )
             lines += ["", "SGD steps per fine-tuning run: " + ", ".join(steps) + "."]
     lines += ["", f"Seeds per cell: up to {max_seeds}.", ""]
     return "\n".join(lines)
@@ -188,14 +251,22 @@ def write_tables(table: pd.DataFrame, csv_path, md_path, methods, fractions) -> 
         tmp.write_text(kappa_markdown(table, methods, fractions))
 
 
-def build_kappa_table(result_paths, methods, fractions, evaluations, csv_path, md_path) -> pd.DataFrame:
+def build_kappa_table(
+    result_paths, methods, fractions, evaluations, csv_path, md_path
+) -> pd.DataFrame:
     """Rule kappa_table: every run JSON -> kappa.csv and kappa.md."""
     results, _ = load_results(result_paths)
     table = kappa_table(results, methods, fractions, evaluations)
     write_tables(table, csv_path, md_path, methods, fractions)
     for _, row in table.iterrows():
-        log.info("%-9s %-12s %6s: %s (%s)", row["evaluation"], row["method"], fraction_label(row["fraction"]),
-                 format_cell(row["test_kappa_mean"], row["test_kappa_std"], row["n_seeds"], row["status"]),
-                 row["status"])
+        log.info(
+            "%-9s %-12s %6s: %s (%s)",
+            row["evaluation"],
+            row["method"],
+            fraction_label(row["fraction"]),
+            format_cell(
+                row["test_kappa_mean"], row["test_kappa_std"], row["n_seeds"], row["status"]
+            ),
+            row["status"],
+        )
     return table
-

@@ -53,8 +53,17 @@ IDRID_JPEG_QUALITY = 95
 #: The deliberately broken EyePACS files (bad_files: true), in the order they are assigned.
 BAD_KINDS = ("truncated_jpeg", "all_black", "zero_bytes")
 
-TRUTH_COLUMNS = ["image", "split", "usage", "level", "width", "height", *LESION_KINDS,
-                 "haemorrhage_quadrants", "bad_file"]
+TRUTH_COLUMNS = [
+    "image",
+    "split",
+    "usage",
+    "level",
+    "width",
+    "height",
+    *LESION_KINDS,
+    "haemorrhage_quadrants",
+    "bad_file",
+]
 LESION_COLUMNS = ["image", "kind", "x1", "y1", "x2", "y2"]
 
 # The IDRiD "A. Segmentation" layout.
@@ -82,12 +91,29 @@ def _jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _truth_row(name: str, split: str, usage: str, level: int, rendered: Rendered | None,
-               width: int, height: int, bad: str = "") -> dict:
+def _truth_row(
+    name: str,
+    split: str,
+    usage: str,
+    level: int,
+    rendered: Rendered | None,
+    width: int,
+    height: int,
+    bad: str = "",
+) -> dict:
     counts = rendered.counts() if rendered is not None else dict.fromkeys(LESION_KINDS, 0)
     quadrants = rendered.haemorrhage_quadrants() if rendered is not None else 0
-    return {"image": name, "split": split, "usage": usage, "level": level, "width": width,
-            "height": height, **counts, "haemorrhage_quadrants": quadrants, "bad_file": bad}
+    return {
+        "image": name,
+        "split": split,
+        "usage": usage,
+        "level": level,
+        "width": width,
+        "height": height,
+        **counts,
+        "haemorrhage_quadrants": quadrants,
+        "bad_file": bad,
+    }
 
 
 def _lesion_rows(name: str, rendered: Rendered) -> list[dict]:
@@ -98,18 +124,33 @@ def _lesion_rows(name: str, rendered: Rendered) -> list[dict]:
     return rows
 
 
-def _draw(seed: int, dataset: int, number: int, grade: int, geometry_fn: Callable,
-          rich: bool, texture: bool = True) -> Rendered:
+def _draw(
+    seed: int,
+    dataset: int,
+    number: int,
+    grade: int,
+    geometry_fn: Callable,
+    rich: bool,
+    texture: bool = True,
+) -> Rendered:
     """One image: the look from its own stream, the lesions from the grade's."""
     look = _rng(seed, dataset, _LOOK, number)
     geom = geometry_fn(look)
     counts = sample_lesion_counts(grade, _rng(seed, dataset, _COUNTS, number), rich=rich)
-    rendered = render_fundus(geom, counts, look, _rng(seed, dataset, _LESIONS, number),
-                             spread_haemorrhages=haemorrhage_spread_needed(grade), texture=texture)
+    rendered = render_fundus(
+        geom,
+        counts,
+        look,
+        _rng(seed, dataset, _LESIONS, number),
+        spread_haemorrhages=haemorrhage_spread_needed(grade),
+        texture=texture,
+    )
     drawn = icdr_grade(rendered.counts(), rendered.haemorrhage_quadrants())
     if drawn != grade:  # the sampler and the placement guarantee it; a bug otherwise
-        raise AssertionError(f"synthetic image {number}: drew grade {drawn} for target {grade} "
-                             f"({rendered.counts()}, {rendered.haemorrhage_quadrants()} quadrants)")
+        raise AssertionError(
+            f"synthetic image {number}: drew grade {drawn} for target {grade} "
+            f"({rendered.counts()}, {rendered.haemorrhage_quadrants()} quadrants)"
+        )
     return rendered
 
 
@@ -121,8 +162,9 @@ class _Staging:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp",
-                                         dir=self.final.parent))
+        self.tmp = Path(
+            tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent)
+        )
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -143,8 +185,13 @@ def _map(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
                 yield fn(item)
                 bar.update()
         else:
-            with worker_context() as ctx, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                for result in pool.map(fn, items, chunksize=max(1, min(16, len(items) // (4 * workers)))):
+            with (
+                worker_context() as ctx,
+                ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
+            ):
+                for result in pool.map(
+                    fn, items, chunksize=max(1, min(16, len(items) // (4 * workers)))
+                ):
                     yield result
                     bar.update()
     finally:
@@ -153,7 +200,9 @@ def _map(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+        writer = csv.DictWriter(
+            fh, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
 
@@ -175,9 +224,14 @@ class EyepacsRecord:
     bad: str = ""  # one of BAD_KINDS, or ""
 
 
-def plan_eyepacs(seed: int, n_train: int, n_test: int,
-                 grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
-                 public_fraction: float = 0.4, bad_files: bool = True) -> list[EyepacsRecord]:
+def plan_eyepacs(
+    seed: int,
+    n_train: int,
+    n_test: int,
+    grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
+    public_fraction: float = 0.4,
+    bad_files: bool = True,
+) -> list[EyepacsRecord]:
     """Patients, eyes, grades, Usage and broken files of an EyePACS-like set.
 
     Every patient has both eyes, in the same split; ids are unique across train and
@@ -187,15 +241,19 @@ def plan_eyepacs(seed: int, n_train: int, n_test: int,
     """
     for name, n in (("n_train", n_train), ("n_test", n_test)):
         if n < 2 or n % 2:
-            raise ValueError(f"config: synthetic.eyepacs.{name} must be an even number >= 2 "
-                             f"(each patient has both eyes), got {n}")
+            raise ValueError(
+                f"config: synthetic.eyepacs.{name} must be an even number >= 2 "
+                f"(each patient has both eyes), got {n}"
+            )
     if not 0 <= public_fraction <= 1:
         raise ValueError(
             f"config: synthetic.eyepacs.public_fraction must be in [0, 1], got {public_fraction}"
         )
     if bad_files and n_train < 2 * len(BAD_KINDS):
-        raise ValueError(f"config: synthetic.eyepacs.bad_files needs n_train >= {2 * len(BAD_KINDS)} "
-                         f"(got {n_train}); raise n_train or set bad_files: false")
+        raise ValueError(
+            f"config: synthetic.eyepacs.bad_files needs n_train >= {2 * len(BAD_KINDS)} "
+            f"(got {n_train}); raise n_train or set bad_files: false"
+        )
     p = check_grade_distribution(grade_distribution, "eyepacs.grade_distribution")
     rng = _rng(seed, _EYEPACS, _PLAN)
     n_tr, n_te = n_train // 2, n_test // 2
@@ -213,13 +271,16 @@ def plan_eyepacs(seed: int, n_train: int, n_test: int,
             second = first if rng.random() < 0.5 else int(rng.choice(5, p=p))
             usage = "" if split == "train" else ("Public" if pid in public else "Private")
             for eye, level in (("left", first), ("right", second)):
-                records.append(EyepacsRecord(len(records), f"{pid}_{eye}", split, pid, eye, level, usage))
+                records.append(
+                    EyepacsRecord(len(records), f"{pid}_{eye}", split, pid, eye, level, usage)
+                )
     if bad_files:
         picks = rng.choice(n_train, size=len(BAD_KINDS), replace=False)
         for kind, i in zip(BAD_KINDS, sorted(picks.tolist())):
             r = records[i]
-            records[i] = EyepacsRecord(r.number, r.image, r.split, r.patient_id, r.eye, r.level,
-                                       r.usage, kind)
+            records[i] = EyepacsRecord(
+                r.number, r.image, r.split, r.patient_id, r.eye, r.level, r.usage, kind
+            )
     return records
 
 
@@ -230,28 +291,63 @@ def _eyepacs_job(args) -> tuple[dict, list[dict]]:
     geom_fn = lambda rng: eyepacs_geometry(rng, min_height, max_height, record.eye)  # noqa: E731
     if record.bad in ("zero_bytes", "all_black"):
         geom = geom_fn(_rng(seed, _EYEPACS, _LOOK, record.number))
-        data = b"" if record.bad == "zero_bytes" else _jpeg(
-            np.zeros((geom.height, geom.width, 3), np.uint8), EYEPACS_JPEG_QUALITY)
+        data = (
+            b""
+            if record.bad == "zero_bytes"
+            else _jpeg(np.zeros((geom.height, geom.width, 3), np.uint8), EYEPACS_JPEG_QUALITY)
+        )
         path.write_bytes(data)
-        return _truth_row(record.image, record.split, record.usage, record.level, None,
-                          geom.width, geom.height, record.bad), []
-    rendered = _draw(seed, _EYEPACS, record.number, record.level, geom_fn, rich=False, texture=texture)
+        return _truth_row(
+            record.image,
+            record.split,
+            record.usage,
+            record.level,
+            None,
+            geom.width,
+            geom.height,
+            record.bad,
+        ), []
+    rendered = _draw(
+        seed, _EYEPACS, record.number, record.level, geom_fn, rich=False, texture=texture
+    )
     data = _jpeg(rendered.image, EYEPACS_JPEG_QUALITY)
     if record.bad == "truncated_jpeg":
         keep = _rng(seed, _EYEPACS, _DAMAGE, record.number).uniform(0.4, 0.7)
         data = data[: int(len(data) * keep)]
     path.write_bytes(data)
     g = rendered.geometry
-    return (_truth_row(record.image, record.split, record.usage, record.level, rendered,
-                       g.width, g.height, record.bad), _lesion_rows(record.image, rendered))
+    return (
+        _truth_row(
+            record.image,
+            record.split,
+            record.usage,
+            record.level,
+            rendered,
+            g.width,
+            g.height,
+            record.bad,
+        ),
+        _lesion_rows(record.image, rendered),
+    )
 
 
-def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
-                     lesions_csv: str | os.PathLike | None = None, qc_png: str | os.PathLike | None = None,
-                     *, seed: int = 0, n_train: int = 240, n_test: int = 160, min_height: int = 360,
-                     max_height: int = 560, bad_files: bool = True,
-                     grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
-                     public_fraction: float = 0.4, workers: int = 1, texture: bool = True) -> dict:
+def generate_eyepacs(
+    out_dir: str | os.PathLike,
+    truth_csv: str | os.PathLike,
+    lesions_csv: str | os.PathLike | None = None,
+    qc_png: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    n_train: int = 240,
+    n_test: int = 160,
+    min_height: int = 360,
+    max_height: int = 560,
+    bad_files: bool = True,
+    grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
+    public_fraction: float = 0.4,
+    workers: int = 1,
+    texture: bool = True,
+) -> dict:
     """Write an EyePACS-like raw set in the Kaggle layout.
 
     ``out_dir`` gets ``train/*.jpeg``, ``trainLabels.csv`` (image,level),
@@ -261,12 +357,21 @@ def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
     of examples per grade. Returns a summary.
     """
     if not 128 <= min_height <= max_height:
-        raise ValueError(f"config: synthetic.eyepacs needs 128 <= min_height <= max_height, "
-                         f"got {min_height}, {max_height}")
+        raise ValueError(
+            f"config: synthetic.eyepacs needs 128 <= min_height <= max_height, "
+            f"got {min_height}, {max_height}"
+        )
     records = plan_eyepacs(seed, n_train, n_test, grade_distribution, public_fraction, bad_files)
     out_dir = Path(out_dir)
-    log.info("drawing %d EyePACS-like images (seed %d, heights %d-%d, %d worker(s)) into %s",
-             len(records), seed, min_height, max_height, workers, out_dir)
+    log.info(
+        "drawing %d EyePACS-like images (seed %d, heights %d-%d, %d worker(s)) into %s",
+        len(records),
+        seed,
+        min_height,
+        max_height,
+        workers,
+        out_dir,
+    )
     truth: list[dict] = []
     lesions: list[dict] = []
     with _Staging(out_dir) as tmp:
@@ -276,11 +381,20 @@ def generate_eyepacs(out_dir: str | os.PathLike, truth_csv: str | os.PathLike,
         for row, boxes in _map(_eyepacs_job, jobs, workers, "synthetic EyePACS"):
             truth.append(row)
             lesions.extend(boxes)
-        _write_csv(tmp / "trainLabels.csv", ["image", "level"],
-                   [{"image": r.image, "level": r.level} for r in records if r.split == "train"])
-        _write_csv(tmp / "retinopathy_solution.csv", ["image", "level", "Usage"],
-                   [{"image": r.image, "level": r.level, "Usage": r.usage}
-                    for r in records if r.split == "test"])
+        _write_csv(
+            tmp / "trainLabels.csv",
+            ["image", "level"],
+            [{"image": r.image, "level": r.level} for r in records if r.split == "train"],
+        )
+        _write_csv(
+            tmp / "retinopathy_solution.csv",
+            ["image", "level", "Usage"],
+            [
+                {"image": r.image, "level": r.level, "Usage": r.usage}
+                for r in records
+                if r.split == "test"
+            ],
+        )
         if qc_png is not None:
             eyepacs_qc_grid(tmp, truth, qc_png)
     _write_csv(Path(truth_csv), TRUTH_COLUMNS, truth)
@@ -303,7 +417,9 @@ def _summary(records: Sequence[EyepacsRecord], truth: Sequence[dict]) -> dict:
 
 def _label(tile: np.ndarray, text: str) -> None:
     cv2.rectangle(tile, (0, 0), (tile.shape[1], 24), (0, 0, 0), -1)
-    cv2.putText(tile, text, (5, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        tile, text, (5, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA
+    )
 
 
 def _tile(path: Path, height: int, width: int) -> np.ndarray:
@@ -313,30 +429,46 @@ def _tile(path: Path, height: int, width: int) -> np.ndarray:
         arr = np.asarray(im)
     tile = np.zeros((height, width, 3), np.uint8)
     y, x = (height - arr.shape[0]) // 2, (width - arr.shape[1]) // 2
-    tile[y:y + arr.shape[0], x:x + arr.shape[1]] = arr
+    tile[y : y + arr.shape[0], x : x + arr.shape[1]] = arr
     return tile
 
 
-def eyepacs_qc_grid(raw_dir: str | os.PathLike, truth: Sequence[dict], png: str | os.PathLike,
-                    per_grade: int = 2, tile_h: int = 220, tile_w: int = 300) -> None:
+def eyepacs_qc_grid(
+    raw_dir: str | os.PathLike,
+    truth: Sequence[dict],
+    png: str | os.PathLike,
+    per_grade: int = 2,
+    tile_h: int = 220,
+    tile_w: int = 300,
+) -> None:
     """A grid of generated training images, one column per grade, read back from disk."""
     raw_dir = Path(raw_dir)
     grid = np.zeros((per_grade * tile_h, 5 * tile_w, 3), np.uint8)
     for grade in range(5):
-        rows = [r for r in truth if r["split"] == "train" and not r["bad_file"] and r["level"] == grade]
+        rows = [
+            r for r in truth if r["split"] == "train" and not r["bad_file"] and r["level"] == grade
+        ]
         for k in range(per_grade):
             tile = np.zeros((tile_h, tile_w, 3), np.uint8)
             text = f"grade {grade}: none"
             if k < len(rows):
                 row = rows[k]
                 tile = _tile(raw_dir / "train" / f"{row['image']}.jpeg", tile_h, tile_w)
-                n = " ".join(f"{short}{row[kind]}" for short, kind in (
-                    ("MA", MICROANEURYSM), ("HE", HAEMORRHAGE), ("EX", HARD_EXUDATE),
-                    ("SE", SOFT_EXUDATE), ("NV", "neovascularisation"), ("PRH", PRERETINAL_HAEMORRHAGE))
-                    if row[kind])
+                n = " ".join(
+                    f"{short}{row[kind]}"
+                    for short, kind in (
+                        ("MA", MICROANEURYSM),
+                        ("HE", HAEMORRHAGE),
+                        ("EX", HARD_EXUDATE),
+                        ("SE", SOFT_EXUDATE),
+                        ("NV", "neovascularisation"),
+                        ("PRH", PRERETINAL_HAEMORRHAGE),
+                    )
+                    if row[kind]
+                )
                 text = f"grade {grade} {row['image']} {n}"
             _label(tile, text)
-            grid[k * tile_h:(k + 1) * tile_h, grade * tile_w:(grade + 1) * tile_w] = tile
+            grid[k * tile_h : (k + 1) * tile_h, grade * tile_w : (grade + 1) * tile_w] = tile
     with atomic_path(png) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
 
@@ -354,16 +486,25 @@ def idrid_paths(root: str | os.PathLike, split: str, number: int) -> tuple[Path,
     root = Path(root) / IDRID_ROOT
     name = idrid_name(number)
     image = root / IDRID_IMAGES / IDRID_SETS[split] / f"{name}.jpg"
-    masks = {code: root / IDRID_MASKS / IDRID_SETS[split] / folder / f"{name}_{code}.tif"
-             for code, (folder, _) in IDRID_MASK_TYPES.items()}
+    masks = {
+        code: root / IDRID_MASKS / IDRID_SETS[split] / folder / f"{name}_{code}.tif"
+        for code, (folder, _) in IDRID_MASK_TYPES.items()
+    }
     return image, masks
 
 
 def _idrid_job(args) -> dict:
     number, split, grade, seed, height, folder, texture = args
     eye = "right" if _rng(seed, _IDRID, _PLAN, number).random() < 0.5 else "left"
-    rendered = _draw(seed, _IDRID, number, grade, lambda rng: idrid_geometry(rng, height, eye), rich=True,
-                     texture=texture)
+    rendered = _draw(
+        seed,
+        _IDRID,
+        number,
+        grade,
+        lambda rng: idrid_geometry(rng, height, eye),
+        rich=True,
+        texture=texture,
+    )
     image_path, mask_paths = idrid_paths(folder, split, number)
     image_path.write_bytes(_jpeg(rendered.image, IDRID_JPEG_QUALITY))
     written = []
@@ -371,8 +512,9 @@ def _idrid_job(args) -> dict:
         mask = rendered.disc_mask if code == "OD" else rendered.lesion_mask(*kinds)
         if not mask.any():  # as in IDRiD: no file for a lesion type the image lacks
             continue
-        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_paths[code], format="TIFF",
-                                                          compression="tiff_deflate")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(
+            mask_paths[code], format="TIFF", compression="tiff_deflate"
+        )
         written.append(code)
     g = rendered.geometry
     row = _truth_row(idrid_name(number), split, "", grade, rendered, g.width, g.height)
@@ -380,11 +522,19 @@ def _idrid_job(args) -> dict:
     return row
 
 
-def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | None = None,
-                   qc_png: str | os.PathLike | None = None, *, seed: int = 0, n_train: int = 40,
-                   n_test: int = 16, height: int = 640,
-                   grade_distribution: Sequence[float] = DEFAULT_IDRID_GRADES, workers: int = 1,
-                   texture: bool = True) -> dict:
+def generate_idrid(
+    out_dir: str | os.PathLike,
+    truth_csv: str | os.PathLike | None = None,
+    qc_png: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    n_train: int = 40,
+    n_test: int = 16,
+    height: int = 640,
+    grade_distribution: Sequence[float] = DEFAULT_IDRID_GRADES,
+    workers: int = 1,
+    texture: bool = True,
+) -> dict:
     """Write an IDRiD-like "A. Segmentation" set under ``out_dir``.
 
     Images ``IDRiD_01 .. IDRiD_{n_train}`` are the training set and the testing set
@@ -395,13 +545,21 @@ def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | No
     if height < 128:
         raise ValueError(f"config: synthetic.idrid.height must be >= 128, got {height}")
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"config: synthetic.idrid needs n_train, n_test >= 1, got {n_train}, {n_test}")
+        raise ValueError(
+            f"config: synthetic.idrid needs n_train, n_test >= 1, got {n_train}, {n_test}"
+        )
     p = check_grade_distribution(grade_distribution, "idrid.grade_distribution")
     rng = _rng(seed, _IDRID, _PLAN)
     grades = rng.choice(5, size=n_train + n_test, p=p).tolist()
     out_dir = Path(out_dir)
-    log.info("drawing %d IDRiD-like images (seed %d, %d px high, %d worker(s)) into %s",
-             len(grades), seed, height, workers, out_dir)
+    log.info(
+        "drawing %d IDRiD-like images (seed %d, %d px high, %d worker(s)) into %s",
+        len(grades),
+        seed,
+        height,
+        workers,
+        out_dir,
+    )
     rows = []
     with _Staging(out_dir) as tmp:
         for split in IDRID_SETS:
@@ -409,25 +567,36 @@ def generate_idrid(out_dir: str | os.PathLike, truth_csv: str | os.PathLike | No
             (tmp / IDRID_ROOT / IDRID_IMAGES / IDRID_SETS[split]).mkdir(parents=True)
             for path in masks.values():
                 path.parent.mkdir(parents=True)
-        jobs = [(i + 1, "train" if i < n_train else "test", g, seed, height, str(tmp), texture)
-                for i, g in enumerate(grades)]
+        jobs = [
+            (i + 1, "train" if i < n_train else "test", g, seed, height, str(tmp), texture)
+            for i, g in enumerate(grades)
+        ]
         rows = list(_map(_idrid_job, jobs, workers, "synthetic IDRiD"))
         if qc_png is not None:
             idrid_qc_overlay(tmp, [r for r in rows if r["split"] == "train"][:2], qc_png)
     if truth_csv is not None:
         _write_csv(Path(truth_csv), TRUTH_COLUMNS[:-1] + ["masks"], rows)
-    summary = {"images": len(rows), "levels": np.bincount(grades, minlength=5).tolist(),
-               "masks": {code: sum(code in r["masks"].split() for r in rows) for code in IDRID_MASK_TYPES}}
+    summary = {
+        "images": len(rows),
+        "levels": np.bincount(grades, minlength=5).tolist(),
+        "masks": {code: sum(code in r["masks"].split() for r in rows) for code in IDRID_MASK_TYPES},
+    }
     log.info("synthetic IDRiD in %s: %s", out_dir, summary)
     return summary
 
 
-_OVERLAY_COLOURS = {"MA": (0, 255, 255), "HE": (0, 90, 255), "EX": (60, 255, 60),
-                    "SE": (255, 0, 255), "OD": (255, 255, 255)}
+_OVERLAY_COLOURS = {
+    "MA": (0, 255, 255),
+    "HE": (0, 90, 255),
+    "EX": (60, 255, 60),
+    "SE": (255, 0, 255),
+    "OD": (255, 255, 255),
+}
 
 
-def idrid_qc_overlay(root: str | os.PathLike, rows: Sequence[dict], png: str | os.PathLike,
-                     tile_h: int = 360) -> None:
+def idrid_qc_overlay(
+    root: str | os.PathLike, rows: Sequence[dict], png: str | os.PathLike, tile_h: int = 360
+) -> None:
     """Each image beside itself with its masks' outlines (MA cyan, HE blue, EX green,
     SE magenta, OD white), read back from the written files."""
     tiles = []
@@ -442,13 +611,19 @@ def idrid_qc_overlay(root: str | os.PathLike, rows: Sequence[dict], png: str | o
                 with Image.open(path) as m:
                     mask = (np.asarray(m) > 0).astype(np.uint8)
                 contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(overlay, contours, -1, _OVERLAY_COLOURS[code], max(1, image.shape[0] // 400))
+                cv2.drawContours(
+                    overlay, contours, -1, _OVERLAY_COLOURS[code], max(1, image.shape[0] // 400)
+                )
         pair = np.concatenate([image, overlay], axis=1)
         scale = tile_h / pair.shape[0]
-        pair = cv2.resize(pair, (round(pair.shape[1] * scale), tile_h), interpolation=cv2.INTER_AREA)
+        pair = cv2.resize(
+            pair, (round(pair.shape[1] * scale), tile_h), interpolation=cv2.INTER_AREA
+        )
         _label(pair, f"{row['image']} grade {row['level']}  masks: {row['masks']}")
         tiles.append(pair)
     width = max(t.shape[1] for t in tiles)
-    grid = np.concatenate([np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles], axis=0)
+    grid = np.concatenate(
+        [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles], axis=0
+    )
     with atomic_path(png) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")

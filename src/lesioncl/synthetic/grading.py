@@ -90,7 +90,9 @@ def check_grade_distribution(p: Sequence[float], name: str = "grade_distribution
     return arr / arr.sum()
 
 
-def sample_lesion_counts(grade: int, rng: np.random.Generator, rich: bool = False) -> dict[str, int]:
+def sample_lesion_counts(
+    grade: int, rng: np.random.Generator, rich: bool = False
+) -> dict[str, int]:
     """Lesion counts for an image of ``grade`` (0-4) that the rule maps back to ``grade``.
 
     ``rich`` draws more lesions (IDRiD-like images, chosen for having many).

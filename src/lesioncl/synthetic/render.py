@@ -88,13 +88,17 @@ class Lesion:
     def bbox(self) -> tuple[int, int, int, int]:
         """Tight box (x1, y1, x2, y2) of the drawn pixels, x2/y2 exclusive."""
         ys, xs = np.nonzero(self.alpha > 0)
-        return (self.x0 + int(xs.min()), self.y0 + int(ys.min()),
-                self.x0 + int(xs.max()) + 1, self.y0 + int(ys.max()) + 1)
+        return (
+            self.x0 + int(xs.min()),
+            self.y0 + int(ys.min()),
+            self.x0 + int(xs.max()) + 1,
+            self.y0 + int(ys.max()) + 1,
+        )
 
     def paste_mask(self, mask: np.ndarray) -> None:
         """OR this lesion's drawn pixels into a full-image boolean mask."""
         h, w = self.alpha.shape
-        mask[self.y0:self.y0 + h, self.x0:self.x0 + w] |= self.alpha > 0
+        mask[self.y0 : self.y0 + h, self.x0 : self.x0 + w] |= self.alpha > 0
 
 
 @dataclass
@@ -111,7 +115,13 @@ class Rendered:
         return n
 
     def haemorrhage_quadrants(self) -> int:
-        return len({self.geometry.quadrant(les.x, les.y) for les in self.lesions if les.kind == HAEMORRHAGE})
+        return len(
+            {
+                self.geometry.quadrant(les.x, les.y)
+                for les in self.lesions
+                if les.kind == HAEMORRHAGE
+            }
+        )
 
     def lesion_mask(self, *kinds: str) -> np.ndarray:
         mask = np.zeros((self.geometry.height, self.geometry.width), bool)
@@ -124,8 +134,9 @@ class Rendered:
 # --------------------------------------------------------------------------- geometry
 
 
-def _anatomy(rng: np.random.Generator, width: int, height: int, cx: float, cy: float,
-             radius: float, eye: str) -> Geometry:
+def _anatomy(
+    rng: np.random.Generator, width: int, height: int, cx: float, cy: float, radius: float, eye: str
+) -> Geometry:
     if eye not in ("left", "right"):
         raise ValueError(f"eye must be 'left' or 'right', got {eye!r}")
     # Seen from the camera, a right eye's optic disc (nasal side) is on the right of
@@ -140,11 +151,23 @@ def _anatomy(rng: np.random.Generator, width: int, height: int, cx: float, cy: f
     macula_y = disc_y + radius * rng.uniform(0.02, 0.1)
     # the disc must lie in the picture even when the circle is cut at top/bottom
     disc_y = float(np.clip(disc_y, disc_radius * 1.3, height - disc_radius * 1.3))
-    return Geometry(width, height, float(cx), float(cy), float(radius), float(disc_x),
-                    float(disc_y), float(disc_radius), float(macula_x), float(macula_y))
+    return Geometry(
+        width,
+        height,
+        float(cx),
+        float(cy),
+        float(radius),
+        float(disc_x),
+        float(disc_y),
+        float(disc_radius),
+        float(macula_x),
+        float(macula_y),
+    )
 
 
-def eyepacs_geometry(rng: np.random.Generator, min_height: int, max_height: int, eye: str) -> Geometry:
+def eyepacs_geometry(
+    rng: np.random.Generator, min_height: int, max_height: int, eye: str
+) -> Geometry:
     """A Kaggle-like frame: mostly wider than tall with black side borders.
 
     70 %: the whole circle inside a 1.3-1.6 wide frame; 20 %: the circle cut off at
@@ -200,8 +223,7 @@ def _coverage(edge_minus_dist: np.ndarray) -> np.ndarray:
     return np.clip(edge_minus_dist + 0.5, 0.0, 1.0)
 
 
-def _polar_shape(rng: np.random.Generator, dx, dy, diameter: float, elong: float,
-                 wobble: float):
+def _polar_shape(rng: np.random.Generator, dx, dy, diameter: float, elong: float, wobble: float):
     """Normalised radius of an irregular blob whose longest extent is ``diameter``.
 
     Returns (dist, edge): pixel distance from the centre in the blob's stretched frame
@@ -273,7 +295,7 @@ def _soft_exudate(rng, x, y, s):
     dist, edge = _polar_shape(rng, dx, dy, d - 0.5, rng.uniform(1.0, 1.6), 0.1)
     t = np.clip(1 - (dist / np.maximum(edge, 1e-3)) ** 2, 0, 1)
     fluff = _mottle(rng, dx, dy, s, 0.15)
-    alpha = (t ** 1.2) * fluff * rng.uniform(0.6, 0.85)
+    alpha = (t**1.2) * fluff * rng.uniform(0.6, 0.85)
     return x0, y0, alpha.astype(np.float32)
 
 
@@ -302,8 +324,9 @@ def _neovascularisation(rng, x, y, s):
             px, py = nx, ny
             points.append((px, py))
         pts = np.round(np.array(points) * 8).astype(np.int32)[None]
-        cv2.polylines(canvas, pts, False, 255, thickness=1 if s < 1.6 else 2,
-                      lineType=cv2.LINE_AA, shift=3)
+        cv2.polylines(
+            canvas, pts, False, 255, thickness=1 if s < 1.6 else 2, lineType=cv2.LINE_AA, shift=3
+        )
     alpha = canvas.astype(np.float32) / 255.0 * rng.uniform(0.75, 0.95)
     return x0, y0, alpha
 
@@ -337,8 +360,14 @@ _RESERVE = {
     NEOVASCULARISATION: 31.0,
     PRERETINAL_HAEMORRHAGE: 46.0,
 }
-_DRAW_ORDER = (PRERETINAL_HAEMORRHAGE, NEOVASCULARISATION, SOFT_EXUDATE, HAEMORRHAGE,
-               HARD_EXUDATE, MICROANEURYSM)
+_DRAW_ORDER = (
+    PRERETINAL_HAEMORRHAGE,
+    NEOVASCULARISATION,
+    SOFT_EXUDATE,
+    HAEMORRHAGE,
+    HARD_EXUDATE,
+    MICROANEURYSM,
+)
 
 
 class _Placer:
@@ -362,8 +391,9 @@ class _Placer:
     def _free(self, x: float, y: float, half: float) -> bool:
         return all(math.hypot(x - px, y - py) >= half + ph + 1 for px, py, ph in self.placed)
 
-    def place(self, half: float, quadrant: int | None = None, avoid_disc: bool = True,
-              tries: int = 300) -> tuple[float, float]:
+    def place(
+        self, half: float, quadrant: int | None = None, avoid_disc: bool = True, tries: int = 300
+    ) -> tuple[float, float]:
         g, rng = self.g, self.rng
         fallback = None
         for _ in range(tries):
@@ -406,8 +436,12 @@ class _Placer:
         return self.place(half)
 
 
-def draw_lesions(geom: Geometry, counts: dict[str, int], rng: np.random.Generator,
-                 spread_haemorrhages: bool = False) -> list[Lesion]:
+def draw_lesions(
+    geom: Geometry,
+    counts: dict[str, int],
+    rng: np.random.Generator,
+    spread_haemorrhages: bool = False,
+) -> list[Lesion]:
     """Shapes and places the lesions of ``counts`` (their alpha patches, not painted).
 
     ``spread_haemorrhages`` puts the first haemorrhages in the four quadrants in
@@ -440,7 +474,7 @@ def paint_lesions(albedo: np.ndarray, lesions: list[Lesion]) -> None:
     """Paint the lesions onto the albedo (float32, H x W x 3) in place."""
     for lesion in lesions:
         h, w = lesion.alpha.shape
-        region = albedo[lesion.y0:lesion.y0 + h, lesion.x0:lesion.x0 + w]
+        region = albedo[lesion.y0 : lesion.y0 + h, lesion.x0 : lesion.x0 + w]
         a = lesion.alpha[..., None]
         if lesion.kind in _DARKEN:
             region *= 1.0 - a * _DARKEN[lesion.kind]
@@ -489,7 +523,9 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
             # nasal vessels
             theta = sign * math.radians(rng.uniform(100, 145)) + off
             length = g.radius * rng.uniform(0.6, 0.85)
-            stack.append((theta, rng.uniform(-0.4, 0.4) / length, length, w0 * rng.uniform(0.7, 0.85), 0))
+            stack.append(
+                (theta, rng.uniform(-0.4, 0.4) / length, length, w0 * rng.uniform(0.7, 0.85), 0)
+            )
         starts = []
         for item in stack:
             ang = rng.uniform(0, 2 * math.pi)
@@ -504,8 +540,15 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
                 ny = y + step * math.sin(theta)
                 if math.hypot(nx - g.cx, ny - g.cy) > 0.99 * g.radius:
                     break
-                cv2.line(canvas, (round(x * 8), round(y * 8)), (round(nx * 8), round(ny * 8)),
-                         int(255 * min(1.0, width)), max(1, round(width)), cv2.LINE_AA, 3)
+                cv2.line(
+                    canvas,
+                    (round(x * 8), round(y * 8)),
+                    (round(nx * 8), round(ny * 8)),
+                    int(255 * min(1.0, width)),
+                    max(1, round(width)),
+                    cv2.LINE_AA,
+                    3,
+                )
                 x, y = nx, ny
                 travelled += step
                 width *= 1 - step / (2.5 * g.radius)
@@ -513,8 +556,17 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
                     child_len = (length - travelled) * rng.uniform(0.3, 0.7) + 15 * s
                     child_theta = theta + rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.9)
                     child_kappa = rng.uniform(-1.0, 1.0) / (0.5 * g.radius)
-                    starts.append((x, y, child_theta, child_kappa, child_len,
-                                   width * rng.uniform(0.5, 0.75), depth + 1))
+                    starts.append(
+                        (
+                            x,
+                            y,
+                            child_theta,
+                            child_kappa,
+                            child_len,
+                            width * rng.uniform(0.5, 0.75),
+                            depth + 1,
+                        )
+                    )
                     width *= 0.92
     sigma = 0.35 + 0.25 * s
     return tuple(cv2.GaussianBlur(c, (0, 0), sigma).astype(np.float32) / 255.0 for c in canvases)
@@ -526,9 +578,12 @@ def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np
     x0, y0, dx, dy = _patch(g.disc_x, g.disc_y, 2.2 * r)
     # clip the patch to the image
     h, w = albedo.shape[:2]
-    ys, xs = slice(max(y0, 0), min(y0 + dy.shape[0], h)), slice(max(x0, 0), min(x0 + dx.shape[1], w))
-    dx = dx[:, xs.start - x0:xs.stop - x0]
-    dy = dy[ys.start - y0:ys.stop - y0]
+    ys, xs = (
+        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
+        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
+    )
+    dx = dx[:, xs.start - x0 : xs.stop - x0]
+    dy = dy[ys.start - y0 : ys.stop - y0]
     stretch = rng.uniform(1.0, 1.15)  # discs are slightly taller than wide
     dist = np.sqrt(dx * dx + (dy / stretch) ** 2)
     disc = _coverage((r - dist) / (0.15 * r))  # a soft rim; the disc is where >= 0.5
@@ -551,13 +606,16 @@ def _paint_macula(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> 
     sigma = g.disc_radius * rng.uniform(1.2, 1.8)
     x0, y0, dx, dy = _patch(g.macula_x, g.macula_y, 3 * sigma)
     h, w = albedo.shape[:2]
-    ys, xs = slice(max(y0, 0), min(y0 + dy.shape[0], h)), slice(max(x0, 0), min(x0 + dx.shape[1], w))
-    dx = dx[:, xs.start - x0:xs.stop - x0]
-    dy = dy[ys.start - y0:ys.stop - y0]
+    ys, xs = (
+        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
+        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
+    )
+    dx = dx[:, xs.start - x0 : xs.stop - x0]
+    dy = dy[ys.start - y0 : ys.stop - y0]
     d2 = dx * dx + dy * dy
     dark = np.exp(-d2 / (2 * sigma * sigma)) * rng.uniform(0.25, 0.45)
     region = albedo[ys, xs]
-    region *= (1 - dark[..., None] * np.array([0.9, 1.0, 1.0], np.float32))
+    region *= 1 - dark[..., None] * np.array([0.9, 1.0, 1.0], np.float32)
     if rng.random() < 0.6:  # foveal reflex
         reflex = np.exp(-d2 / (2 * (0.12 * g.disc_radius) ** 2)) * rng.uniform(0.15, 0.35)
         region += reflex[..., None] * (np.float32(0.95) - region)
@@ -584,9 +642,14 @@ def _fine_texture(rng: np.random.Generator, h: int, w: int, s: float) -> np.ndar
     return texture
 
 
-def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Generator,
-                  lesion_rng: np.random.Generator, spread_haemorrhages: bool = False,
-                  texture: bool = True) -> Rendered:
+def render_fundus(
+    geom: Geometry,
+    counts: dict[str, int],
+    look_rng: np.random.Generator,
+    lesion_rng: np.random.Generator,
+    spread_haemorrhages: bool = False,
+    texture: bool = True,
+) -> Rendered:
     """Draw one fundus photograph with the given lesions.
 
     ``look_rng`` decides everything but the lesions (it must not depend on the
@@ -603,7 +666,9 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
 
     # albedo: an orange-red retina with low-frequency texture
     red = look_rng.uniform(0.55, 0.85)
-    base = np.array([red, red * look_rng.uniform(0.3, 0.5), red * look_rng.uniform(0.08, 0.22)], np.float32)
+    base = np.array(
+        [red, red * look_rng.uniform(0.3, 0.5), red * look_rng.uniform(0.08, 0.22)], np.float32
+    )
     lum = 1.0 + 0.10 * _smooth_noise(look_rng, H, W, (4, 6))
     mid_cells = (max(4, round(H / (24 * s))), max(4, round(W / (24 * s))))
     lum += 0.035 * _smooth_noise(look_rng, H, W, mid_cells)
@@ -612,7 +677,9 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     disc_mask = _paint_disc(look_rng, geom, albedo)
     veins, arteries = _draw_vessels(look_rng, geom)
     contrast = look_rng.uniform(0.7, 1.0)
-    dark = np.stack([veins, arteries], axis=-1) @ (np.float32(contrast) * np.stack([_VEIN, _ARTERY]))
+    dark = np.stack([veins, arteries], axis=-1) @ (
+        np.float32(contrast) * np.stack([_VEIN, _ARTERY])
+    )
     np.subtract(np.float32(1.0), dark, out=dark)
     albedo *= dark
     del dark
@@ -636,7 +703,9 @@ def render_fundus(geom: Geometry, counts: dict[str, int], look_rng: np.random.Ge
     paint_lesions(albedo, lesions)
 
     illum = gain * (1 - vignette * np.power(np.minimum(rn, 1.0), power))
-    illum *= 1 + tilt * (xx * math.cos(tilt_dir) + yy * math.sin(tilt_dir)) / np.float32(geom.radius)
+    illum *= 1 + tilt * (xx * math.cos(tilt_dir) + yy * math.sin(tilt_dir)) / np.float32(
+        geom.radius
+    )
     fov = _coverage(np.float32(geom.radius) - r)
     img = albedo
     img *= (illum * np.float32((1 - haze) * 255.0) * fov)[..., None]

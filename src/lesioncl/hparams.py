@@ -47,7 +47,7 @@ def plain_value(value: Any) -> bool | int | float | str:
 
 
 def write_hparams(writer, hparams: Mapping[str, Any], metrics: Sequence[str]) -> dict[str, Any]:
-    """Attach ``hparams`` to ``writer``'s run and declare ``metrics`` (scalar tags) as its metrics."""
+    """Attach ``hparams`` to ``writer``'s run; declare ``metrics`` (scalar tags) its metrics."""
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     values = {str(k): plain_value(v) for k, v in hparams.items()}

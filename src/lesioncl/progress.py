@@ -44,7 +44,8 @@ def default_interval() -> float:
         return max(0.0, float(value)) if value else DEFAULT_INTERVAL
     except ValueError:
         raise ValueError(
-            f"LESIONCL_PROGRESS_INTERVAL={value!r} is not a number of seconds; unset it or set e.g. 30"
+            f"LESIONCL_PROGRESS_INTERVAL={value!r} is not a number of seconds; unset it or set "
+            "e.g. 30"
         ) from None
 
 
@@ -214,7 +215,8 @@ class Progress:
             else f"stopped at {self.n}/{self.total}"
         )
         text = (
-            f"{self.desc + ': ' if self.desc else ''}{done}, {self.n - self.initial} {self.unit} in "
+            f"{self.desc + ': ' if self.desc else ''}{done}, "
+            f"{self.n - self.initial} {self.unit} in "
             f"{format_duration(now - self.start)}"
         )
         if math.isfinite(rate):
@@ -239,5 +241,8 @@ class Progress:
 
 
 def progress(iterable: Iterable | None = None, total: int | None = None, **kwargs: Any) -> Progress:
-    """Progress over ``iterable`` (or ``total`` :meth:`Progress.update` steps); see the module docstring."""
+    """Progress over ``iterable`` (or ``total`` :meth:`Progress.update` steps).
+
+    See the module docstring.
+    """
     return Progress(iterable, total, **kwargs)

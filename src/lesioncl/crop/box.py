@@ -1,4 +1,7 @@
-"""The crop's settings, results and table columns, and its box logic (foreground box, centred square)."""
+"""The crop's settings, results and table columns, and its box logic.
+
+The box: the foreground's bounding rectangle, or the centred square.
+"""
 
 import logging
 import math
@@ -117,7 +120,10 @@ class CropReject(Exception):
 
 @dataclass
 class CropResult:
-    """What :func:`crop_image` did with one image (box in full-resolution pixels, x2/y2 exclusive)."""
+    """What :func:`crop_image` did with one image.
+
+    The box is in full-resolution pixels, x2 and y2 exclusive.
+    """
 
     orig_width: int
     orig_height: int

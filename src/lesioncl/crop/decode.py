@@ -1,4 +1,7 @@
-"""Decoding at a reduced DCT scale and cropping one image (:func:`crop_image`; :func:`crop_reference`: the plain original)."""
+"""Decoding at a reduced DCT scale and cropping one image.
+
+:func:`crop_image` is the production path; :func:`crop_reference` the plain original.
+"""
 
 import io
 import logging

@@ -76,7 +76,8 @@ def merge_shards(
         if not np.array_equal(np.sort(part["row"].to_numpy()), expected):
             raise ValueError(
                 f"{t}: rows do not match shard {_shard_of(t)} of {n_shards} of {labels_csv} "
-                f"({len(part)} rows, {len(expected)} expected); labels changed? rerun rule crop_shard"
+                f"({len(part)} rows, {len(expected)} expected); labels changed? rerun rule "
+                "crop_shard"
             )
         names = labels["image"].to_numpy()[part["row"].to_numpy()]
         if not np.array_equal(names, part["image"].to_numpy()):

@@ -103,7 +103,8 @@ class LesionDetector:
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"{weights_path}: does not match the model of {config_path} (missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); retrain the detector"
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); retrain the "
+                "detector"
             )
         self.classes = tuple(self.cfg.metainfo["classes"])
         model.dataset_meta = {"classes": self.classes}

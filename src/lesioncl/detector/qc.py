@@ -129,7 +129,8 @@ def draw_detector_qc(
                 )
             )
         row[0].set_title(
-            f"{im['file_name']}: ground truth ({_counts([a['category_id'] for a in truth], names)})",
+            f"{im['file_name']}: ground truth "
+            f"({_counts([a['category_id'] for a in truth], names)})",
             fontsize=8,
         )
         row[1].set_title(

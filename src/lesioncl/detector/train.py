@@ -237,7 +237,8 @@ def train_detector(
     n_train = len(train_coco["images"])
     iters_per_epoch = -(-n_train // int(hp["batch_size"]))
     log.info(
-        "training Faster R-CNN %s-FPN (init %s) on %d images, %d epochs x ~%d iterations, device %s",
+        "training Faster R-CNN %s-FPN (init %s) on %d images, %d epochs x ~%d iterations, "
+        "device %s",
         hp["backbone"],
         hp["init"],
         n_train,

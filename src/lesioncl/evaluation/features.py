@@ -98,7 +98,8 @@ def load_crop_cache(
         or images.shape[1] != images.shape[2]
     ):
         raise ValueError(
-            f"{npy_path}: expected uint8 (N, S, S, 3) RGB crops, got {images.dtype} {images.shape}; "
+            f"{npy_path}: expected uint8 (N, S, S, 3) RGB crops, got {images.dtype} "
+            f"{images.shape}; "
             "rerun rule crop_cache"
         )
     rows = pd.read_csv(csv_path)

@@ -107,7 +107,8 @@ def read_fractions(path, fraction: float) -> pd.DataFrame:
     col = fraction_column(fraction)
     if col not in df.columns:
         raise ValueError(
-            f"{path}: has no column {col!r} (columns: {list(df.columns)}); add {fraction_tag(fraction)} "
+            f"{path}: has no column {col!r} (columns: {list(df.columns)}); add "
+            f"{fraction_tag(fraction)} "
             "to evaluation.fractions (the file is stale otherwise: delete it to draw it again)"
         )
     mask = df[col].astype(str).str.lower().isin(["true", "1"])

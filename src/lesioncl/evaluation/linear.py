@@ -192,7 +192,8 @@ def _subset_features(train: dict, fraction_rows, features_path) -> tuple[np.ndar
     if missing:
         raise ValueError(
             f"{features_path}: {len(missing)} images of the label fraction have no features "
-            f"(e.g. {missing[:3]}); the fractions file and the image cache are out of sync, rerun both"
+            f"(e.g. {missing[:3]}); the fractions file and the image cache are out of sync, rerun "
+            "both"
         )
     idx = np.array([index[im] for im in fraction_rows["image"]], dtype=np.int64)
     levels = train["levels"][idx]
@@ -253,7 +254,8 @@ def run_linear(
     rows = read_fractions(fractions_csv, fraction)
     x_train, y_train = _subset_features(train, rows, train_features)
     log.info(
-        "linear %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test, dim %d",
+        "linear %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test, "
+        "dim %d",
         method,
         fraction,
         seed,

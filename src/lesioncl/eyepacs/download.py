@@ -117,7 +117,8 @@ def find_access_token(
         if not token:
             raise EyepacsError(
                 f"{path} is empty: it must hold the API token Kaggle shows under Settings -> "
-                "API -> 'Generate New Token'; paste the token into it (or delete the file) and rerun"
+                "API -> 'Generate New Token'; paste the token into it (or delete the file) and "
+                "rerun"
             )
         _warn_if_readable(path)
         return KaggleCredentials(f"{what} ({path})" if what else str(path), None)
@@ -183,7 +184,8 @@ def missing_credentials_message(
         "~/.kaggle/access_token) or the legacy 'Create New Token' (downloads kaggle.json: "
         f"mkdir -p {target} && mv kaggle.json {target}/ && chmod 600 {target}/kaggle.json -- "
         "or export KAGGLE_USERNAME=<user> KAGGLE_KEY=<key>); "
-        f"(2) accept the competition rules at https://www.kaggle.com/competitions/{competition}/rules; "
+        "(2) accept the competition rules at "
+        f"https://www.kaggle.com/competitions/{competition}/rules; "
         "then rerun. If you already have the images, set eyepacs.source: folder and "
         "eyepacs.raw_dir: <the folder holding train/, test/, trainLabels.csv and "
         "retinopathy_solution.csv> instead."

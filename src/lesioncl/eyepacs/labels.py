@@ -341,7 +341,8 @@ def build_labels(
                         "folder": folder,
                         "file": [str(raw_dir / folder / name) for name in sorted(other)],
                         "reason": "unexpected_entry",
-                        "detail": f"not {{id}}_{{left|right}} with an image extension ({', '.join(IMAGE_EXTS)}); ignored",
+                        "detail": "not {id}_{left|right} with an image extension "
+                        f"({', '.join(IMAGE_EXTS)}); ignored",
                     }
                 )
             )
@@ -462,7 +463,10 @@ def build_labels(
         rows = problems_df[problems_df["reason"].isin(MISSING_REASONS)]
         hint = ""
         if reasons.get("unexpected_entry", 0) > n_missing / 2:
-            hint = f" Many entries are not named {{id}}_{{left|right}}{IMAGE_EXT}: are these Kaggle's files?"
+            hint = (
+                f" Many entries are not named {{id}}_{{left|right}}{IMAGE_EXT}: "
+                "are these Kaggle's files?"
+            )
         raise _fatal(
             f"{raw_dir}: {reasons.get('missing_file', 0)} label row(s) without an image file and "
             f"{reasons.get('unlabelled_file', 0)} image file(s) without a label row, more than "

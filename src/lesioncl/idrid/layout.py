@@ -136,7 +136,8 @@ def scan_layout(
                 subdirs, subfiles = kids(folder)
                 for d in subdirs:
                     problems.append(
-                        f"unexpected folder {show(d)} (expected only IDRiD_NN_{lesion.code}.tif masks)"
+                        f"unexpected folder {show(d)} (expected only IDRiD_NN_{lesion.code}.tif "
+                        "masks)"
                     )
                 for rel in subfiles:
                     name = PurePosixPath(rel).name

@@ -166,7 +166,8 @@ def validate_index(
 
     def fail(msg: str) -> None:
         raise ValueError(
-            f"{source}: {msg}; expected {{'train': {{'10_left.jpeg': [(x1, y1, x2, y2), ...]}}, 'val': {{...}}}}"
+            f"{source}: {msg}; expected "
+            f"{{'train': {{'10_left.jpeg': [(x1, y1, x2, y2), ...]}}, 'val': {{...}}}}"
         )
 
     if not isinstance(obj, dict):

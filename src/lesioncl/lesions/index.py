@@ -1,4 +1,7 @@
-"""The shards merged, filtered (score, size, border) and written as the index (rule lesions_index)."""
+"""The shards merged, filtered (score, size, border) and written as the index.
+
+Rule lesions_index.
+"""
 
 from __future__ import annotations
 

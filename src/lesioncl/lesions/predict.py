@@ -1,4 +1,7 @@
-"""Detector boxes on one shard of the detection-resolution crops, rescaled into the crops (rule lesions_predict)."""
+"""Detector boxes on one shard of the detection-resolution crops, rescaled into the crops.
+
+Rule lesions_predict.
+"""
 
 from __future__ import annotations
 

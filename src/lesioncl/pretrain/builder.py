@@ -45,7 +45,7 @@ class ContrastiveModel(nn.Module):
         return self.backbone(x)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        """(N, feature_dim) -> (N, proj_dim), L2-normalised in float32 (also under bf16 autocast)."""
+        """(N, feature_dim) -> (N, proj_dim), L2-normalised in float32 (also under bf16)."""
         return F.normalize(self.projector(h).float(), dim=1)
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:

@@ -35,13 +35,14 @@ def knn_predict(
     k: int = 20,
     temperature: float = 0.07,
 ) -> torch.Tensor:
-    """Grades of ``queries`` (Q, D) by a weighted vote of their ``k`` nearest rows of ``bank`` (B, D).
+    """Grades of ``queries`` (Q, D): a weighted vote of their ``k`` nearest rows of ``bank`` (B, D).
 
     Rows are L2-normalised here; ``bank_labels`` (B,) are grades 0-4. Returns (Q,) int64.
     """
     if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
         raise ValueError(
-            f"bank (B, D) and queries (Q, D) expected, got {tuple(bank.shape)}, {tuple(queries.shape)}"
+            f"bank (B, D) and queries (Q, D) expected, got {tuple(bank.shape)}, "
+            f"{tuple(queries.shape)}"
         )
     if len(bank) == 0:
         raise ValueError("kNN probe: the memory bank is empty")
@@ -123,7 +124,7 @@ class KNNProbe:
         amp: bool = False,
         channels_last: bool = False,
     ) -> dict[str, float]:
-        """Run the probe with ``backbone`` in eval mode (its mode is restored); kappa and accuracy."""
+        """Run the probe with ``backbone`` in eval mode (mode restored); kappa and accuracy."""
         was_training = backbone.training
         backbone.eval()
         try:

@@ -1,4 +1,7 @@
-"""The report's figures: kappa vs label fraction, confusion matrices, pretraining and fine-tuning curves (rules kappa_plot, confusion_plot, pretrain_curves_plot, finetune_curves_plot)."""
+"""The report's figures: kappa vs label fraction, confusion matrices, training curves.
+
+Rules kappa_plot, confusion_plot, pretrain_curves_plot and finetune_curves_plot.
+"""
 
 from __future__ import annotations
 

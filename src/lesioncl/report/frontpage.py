@@ -194,9 +194,11 @@ def render_front_page(
     lines.append(f"- **Config**: {files}")
     lines += [f"- {line}" for line in data_lines]
     lines.append(
-        f"- **Models**: {pre['arch']} from {pre['init']} weights, {pre['epochs']} pretraining epochs "
-        f"(batch {pre['batch_size']}); evaluation on {', '.join(f'{float(f) * 100:g}%' for f in ev['fractions'])} "
-        f"of the training labels, seeds {', '.join(str(s) for s in ev['seeds'])}; device ``{config['device']}``"
+        f"- **Models**: {pre['arch']} from {pre['init']} weights, "
+        f"{pre['epochs']} pretraining epochs (batch {pre['batch_size']}); evaluation on "
+        f"{', '.join(f'{float(f) * 100:g}%' for f in ev['fractions'])} "
+        f"of the training labels, seeds {', '.join(str(s) for s in ev['seeds'])}; device "
+        f"``{config['device']}``"
     )
     lines.append("- **Software**: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines += ["", "The paper's numbers beside ours", "-------------------------------", ""]
@@ -207,7 +209,8 @@ def render_front_page(
             "",
         ]
     lines += [
-        f"Test-split quadratic weighted kappa at the largest label fraction. *Paper*: {PAPER_SOURCE}, "
+        "Test-split quadratic weighted kappa at the largest label fraction. *Paper*: "
+        f"{PAPER_SOURCE}, "
         "ResNet-50 at 512 px; '–' where the paper's figure is not listed here. "
         "Every method and fraction is in the kappa table (category *Evaluation*).",
         "",

@@ -1,4 +1,7 @@
-"""The kappa table: run JSONs aggregated over seeds (CSV) and laid out as methods x fractions (Markdown); rule kappa_table."""
+"""The kappa table: run JSONs aggregated over seeds (CSV), laid out as methods x fractions.
+
+The Markdown layout has one block per evaluation. Rule kappa_table.
+"""
 
 from __future__ import annotations
 

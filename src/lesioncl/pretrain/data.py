@@ -136,7 +136,8 @@ class LesionPairDataset(_CacheDataset):
         super().__init__(cache, seed, stream)
         if patch > self.size:
             raise ValueError(
-                f"pretrain.patch_size {patch} is larger than the cached crops ({self.size} px, {cache})"
+                f"pretrain.patch_size {patch} is larger than the cached crops ({self.size} px, "
+                f"{cache})"
             )
         self.patch = int(patch)
         row_of = {image_key(str(name)): i for i, name in enumerate(self.rows["image"])}

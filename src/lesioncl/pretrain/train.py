@@ -14,8 +14,8 @@ One plain training loop (torchvision-references style):
 * optimiser: SGD (momentum, Nesterov, weight decay), per-step cosine schedule to 0
   with an optional linear warm-up;
 * validation loss every ``val_every`` epochs (fixed views, so epochs are comparable);
-* logs: TensorBoard (``tb/``: loss, lr, pairs/s, view grids), progress (lesioncl.progress), the text log,
-  ``history.csv``;
+* logs: TensorBoard (``tb/``: loss, lr, pairs/s, view grids), progress
+  (lesioncl.progress), the text log, ``history.csv``;
 * checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs and when the
   job receives SIGTERM/SIGUSR1 (SLURM preemption or time limit, Snakemake stopping
   it; the checkpoint is then taken mid-epoch at the current step), written
@@ -448,7 +448,8 @@ class Trainer:
         world = self.dist.world
         if requested % world:
             raise ValueError(
-                f"pretrain batch size {requested} is not divisible by the {world} GPUs; change one of them"
+                f"pretrain batch size {requested} is not divisible by the {world} GPUs; change one "
+                "of them"
             )
         batch = requested
         if batch > n_train:
@@ -533,7 +534,8 @@ class Trainer:
         """Train from the current position to ``epochs``; write the outputs. Returns the history."""
         cfg = self.cfg
         log.info(
-            "training %s %s on %s x%d: %d epochs x %d steps, global batch %d (%d per rank), %d-px views",
+            "training %s %s on %s x%d: %d epochs x %d steps, global batch %d (%d per rank), "
+            "%d-px views",
             cfg.mode,
             cfg.arch,
             self.device,
@@ -624,7 +626,8 @@ class Trainer:
                 self.partial["seconds"] += time.perf_counter() - tic
                 self.save_checkpoint(self.cfg.checkpoint_path)
                 raise TrainingInterrupted(
-                    f"stop requested at epoch {epoch + 1}, step {step + 1}; resume checkpoint written to "
+                    f"stop requested at epoch {epoch + 1}, step {step + 1}; resume checkpoint "
+                    "written to "
                     f"{self.cfg.checkpoint_path} (rerun the same job to continue)"
                 )
         bar.close()
@@ -736,8 +739,9 @@ class Trainer:
         if len(recent) == COLLAPSE_PATIENCE and all(v < floor for v in recent):
             raise FloatingPointError(
                 f"contrastive training collapsed: the embedding std stayed below {floor:.2g} for "
-                f"{COLLAPSE_PATIENCE} epochs (epoch {row['epoch']}: {row['embedding_std']:.2g}; loss "
-                f"{row['train_loss']:.4f}, chance ln(2N-1) = {math.log(2 * self.global_batch - 1):.4f}). "
+                f"{COLLAPSE_PATIENCE} epochs (epoch {row['epoch']}: {row['embedding_std']:.2g}; "
+                f"loss {row['train_loss']:.4f}, chance ln(2N-1) = "
+                f"{math.log(2 * self.global_batch - 1):.4f}). "
                 "Lower pretrain.lr or raise pretrain.warmup_epochs and rerun."
             )
 
@@ -750,7 +754,10 @@ class Trainer:
 
     # ---- logging -------------------------------------------------------------------
     def log_epoch(self, row: dict[str, float]) -> None:
-        msg = "epoch %d/%d: train loss %.4f, val loss %s, kNN kappa %s, lr %.3g, %.0f pairs/s, elapsed %s, ETA %s"
+        msg = (
+            "epoch %d/%d: train loss %.4f, val loss %s, kNN kappa %s, lr %.3g, %.0f pairs/s, "
+            "elapsed %s, ETA %s"
+        )
         val = "-" if math.isnan(row["val_loss"]) else f"{row['val_loss']:.4f}"
         knn = "-" if math.isnan(row.get("knn_kappa", math.nan)) else f"{row['knn_kappa']:.3f}"
         done_here = row["epoch"] - self.fit_start_epoch
@@ -858,7 +865,8 @@ class Trainer:
             return False
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
             log.warning(
-                "resume checkpoint %s was written for other settings or data (fingerprint %s, now %s); "
+                "resume checkpoint %s was written for other settings or data "
+                "(fingerprint %s, now %s); "
                 "starting from scratch",
                 path,
                 state.get("fingerprint"),
@@ -886,7 +894,7 @@ class Trainer:
 
     # ---- outputs -------------------------------------------------------------------
     def export(self) -> None:
-        """backbone.pth, final.pt, history.csv and the loss curve; then drop the resume checkpoint."""
+        """backbone.pth, final.pt, history.csv, the loss curve; then drop the resume checkpoint."""
         state = self.state_dict()
         if self.dist.is_main:
             out = self.cfg.outputs()
@@ -899,7 +907,8 @@ class Trainer:
             plot_history(
                 self.history,
                 out["curve"],
-                title=f"{kind}: {self.cfg.arch}, {self.cfg.view_size}-px views, batch {self.global_batch}",
+                title=f"{kind}: {self.cfg.arch}, {self.cfg.view_size}-px views, "
+                f"batch {self.global_batch}",
                 chance=math.log(2 * self.global_batch - 1),
             )
             self.cfg.checkpoint_path.unlink(missing_ok=True)
@@ -1055,7 +1064,7 @@ def launch(cfg: PretrainConfig, gpus: int = 1, log_file: str | os.PathLike | Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lesioncl.pretrain.train --config run.json [--logfile file]`` (a torchrun worker)."""
+    """A torchrun worker: ``python -m lesioncl.pretrain.train --config run.json [--logfile f]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON of PretrainConfig fields")
     parser.add_argument("--logfile", help="text log (rank 0 appends to it)")

@@ -24,6 +24,8 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/snakemake --lint --configfile config/config.yaml
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 
 report: setup
 	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html

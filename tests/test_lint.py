@@ -1,4 +1,5 @@
-"""The workflow's code is formatted (snakefmt) and passes Snakemake's linter.
+"""The workflow's code is formatted (snakefmt) and passes Snakemake's linter; the Python
+code (src/, workflow/scripts/) passes ruff's linter and is formatted as ruff would.
 
 The same checks as `make lint`. A failure lists the findings per file.
 """
@@ -29,6 +30,25 @@ def test_snakefmt_check():
     assert not unformatted, (
         "run `snakefmt Snakefile workflow/rules` to format:\n"
         + "\n".join(f"--- {name} ---\n{diff}" for name, diff in unformatted.items()))
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    # the files and rules are those of [tool.ruff] in pyproject.toml
+    return subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ruff_check():
+    """ruff check: lint findings of src/ and workflow/scripts/ (pyproject.toml [tool.ruff])."""
+    proc = _ruff("check", "--output-format", "concise", "--no-cache")
+    assert proc.returncode == 0, (
+        "run `ruff check --fix` and fix the rest by hand:\n" + (proc.stdout + proc.stderr)[-3000:])
+
+
+def test_ruff_format_check():
+    """ruff format --check: every Python file of src/ and workflow/scripts/ is formatted."""
+    proc = _ruff("format", "--check", "--diff", "--no-cache")
+    assert proc.returncode == 0, "run `ruff format` to format:\n" + (proc.stdout + proc.stderr)[-3000:]
 
 
 def _lint_findings(text: str) -> dict[str, list[str]]:

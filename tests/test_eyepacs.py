@@ -20,9 +20,8 @@ import yaml
 from conftest import REPO, run_snakemake
 from lesioncl.eyepacs import EyepacsError, parse_image_names
 from lesioncl.eyepacs.archives import ConcatenatedFile, find_archive_sets, unpack_all
-from lesioncl.eyepacs.download import (
-    download_competition,
-    fetch_file,
+from lesioncl.eyepacs.download import download_competition, fetch_file
+from lesioncl.eyepacs.kaggle_api import (
     find_kaggle_credentials,
     kaggle_config_dir,
     make_kaggle_api,

@@ -1,6 +1,7 @@
 """EyePACS (Kaggle "diabetic-retinopathy-detection"): acquisition and the labels table.
 
-* :mod:`.download` – the Kaggle API download (credentials, resume, size checks).
+* :mod:`.download` – the Kaggle API download (resume, size checks); :mod:`.kaggle_api`
+  – the API client (credentials, clear errors).
 * :mod:`.archives` – unpacking the byte-split multi-part zips (``train.zip.001`` …),
   7z volumes and the zipped label CSVs into the raw layout.
 * :mod:`.labels` – validation of a raw folder and the labels table

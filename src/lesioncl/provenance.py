@@ -69,7 +69,7 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
     try:
         eyepacs = config.get("eyepacs", {})
         if eyepacs.get("source") == "folder" and eyepacs.get("raw_dir"):
-            from lesioncl.eyepacs.labels import check_raw_layout
+            from lesioncl.eyepacs.rawdir import check_raw_layout
 
             check_raw_layout(eyepacs["raw_dir"])
         idrid = config.get("idrid", {})

@@ -2,7 +2,7 @@
 # multi-part archives, validation of the raw folder and the labels table
 # results/eyepacs/labels.csv (image, patient_id, eye, level, split, path).
 # Split: train = Kaggle train; val = Kaggle test Usage=Public; test = Usage=Private.
-from lesioncl.eyepacs.labels import labels_rule_inputs
+from lesioncl.eyepacs.rawdir import labels_rule_inputs
 
 _EYEPACS = config["eyepacs"]
 _EYEPACS_DL = _EYEPACS["download_dir"]

@@ -4,6 +4,7 @@
   – the API client (credentials, clear errors).
 * :mod:`.archives` – unpacking the byte-split multi-part zips (``train.zip.001`` …),
   7z volumes and the zipped label CSVs into the raw layout.
+* :mod:`.rawdir` – the raw folder of each source, its layout checked, its files read.
 * :mod:`.labels` – validation of a raw folder and the labels table
   (``results/eyepacs/labels.csv``).
 

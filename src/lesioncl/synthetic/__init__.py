@@ -59,14 +59,10 @@ from lesioncl.synthetic.datasets import (
     IDRID_SETS,
     LESION_COLUMNS,
     TRUTH_COLUMNS,
-    EyepacsRecord,
-    generate_eyepacs,
-    generate_idrid,
-    idrid_name,
-    idrid_paths,
-    plan_eyepacs,
 )
+from lesioncl.synthetic.eyepacs_set import EyepacsRecord, generate_eyepacs, plan_eyepacs
 from lesioncl.synthetic.grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
+from lesioncl.synthetic.idrid_set import generate_idrid, idrid_name, idrid_paths
 from lesioncl.synthetic.render import (
     Geometry,
     Lesion,

@@ -156,7 +156,7 @@ def make_coco(root: Path, split: str, n: int, seed: int, size=(128, 96)) -> tupl
 
 def test_coco_metrics_perfect_and_empty(tmp_path):
     from lesioncl.detector.inference import Detections
-    from lesioncl.detector.train import coco_metrics
+    from lesioncl.detector.metrics import coco_metrics
 
     ann, folder = make_coco(tmp_path, "test", 3, seed=5)
     coco = json.loads(ann.read_text())

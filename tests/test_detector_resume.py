@@ -107,7 +107,7 @@ def test_sigterm_then_rerun_resumes_from_the_last_epoch(tmp_path):
 
 def test_other_settings_start_over(tmp_path):
     """A checkpoint of a run with other hyper-parameters or data is not resumed."""
-    from lesioncl.detector.train import RESUME_RECORD, resume_checkpoint
+    from lesioncl.detector.resume import RESUME_RECORD, resume_checkpoint
 
     state = tmp_path / "checkpoints"
     assert resume_checkpoint(state, {"lr": 0.01}) is None  # fresh: the record is written
@@ -122,7 +122,7 @@ def test_other_settings_start_over(tmp_path):
 def test_only_checkpoints_in_the_resume_folder_are_unpickled(tmp_path):
     """weights_only=False is granted to files inside the resume folder, nowhere else,
     and only while the block runs."""
-    from lesioncl.detector.train import trust_checkpoints_in
+    from lesioncl.detector.resume import trust_checkpoints_in
 
     inside, outside = tmp_path / "ckpt" / "epoch_1.pth", tmp_path / "elsewhere.pth"
     inside.parent.mkdir()

@@ -2,7 +2,9 @@
 
 * :mod:`.config` – the MMDetection config, generated in Python from the workflow's
   ``detector`` section (no mmdet config files are read).
-* :mod:`.train` – training, a plain state_dict, COCO evaluation and curves.
+* :mod:`.train` – training and a plain state_dict (rule ``detector_train``);
+  :mod:`.resume` – resuming it; :mod:`.metrics` – COCO evaluation and curves.
+* :mod:`.qc` – the detector's boxes beside the ground truth (rule ``detector_qc``).
 * :mod:`.inference` – batched inference from the generated config and state_dict.
 * :mod:`.compat` – narrow, documented fixes for mmdet 3.3 on current numpy/torch.
 

@@ -27,51 +27,39 @@ progress; with other settings it starts over. Those checkpoints hold pickled obj
 while mmengine resumes. After training, the logs and TensorBoard events are copied to
 ``work_dir``, the checkpoints deleted with ``resume_dir``, and the published model is
 the plain state_dict as before (read with ``weights_only=True`` everywhere else).
+
+Resume: :mod:`.resume`; step 6 and 7: :mod:`.metrics`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from lesioncl.backbones import backbone_state_dict, build_resnet
 from lesioncl.detector.config import build_mmdet_config, read_coco_classes
-from lesioncl.plotting import pyplot, save_png
+from lesioncl.detector.metrics import (
+    check_coco_images,
+    evaluate_detector,
+    plot_training,
+)
+from lesioncl.detector.resume import (
+    RESUME_RECORD,
+    _file_digest,
+    merged_scalars,
+    resume_checkpoint,
+    trust_checkpoints_in,
+)
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, write_json
 
 log = logging.getLogger(__name__)
-
-
-def check_coco_images(ann_file: str | os.PathLike, images_dir: str | os.PathLike) -> dict[str, Any]:
-    """Every image of a COCO file exists under ``images_dir``; returns the parsed json."""
-    ann_file, images_dir = Path(ann_file), Path(images_dir)
-    try:
-        coco = json.loads(ann_file.read_text())
-        images = coco["images"]
-        coco["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{ann_file}: not a COCO detection json ({err}); rerun the idrid rule"
-        ) from err
-    if not images:
-        raise ValueError(f"{ann_file}: no images; check the IDRiD source (idrid.path)")
-    missing = [im["file_name"] for im in images if not (images_dir / im["file_name"]).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{ann_file}: {len(missing)} images missing under {images_dir} (first: {missing[:3]}); "
-            "rerun the idrid rule"
-        )
-    return coco
 
 
 def prepare_backbone_init(hp: Mapping[str, Any], out_path: str | os.PathLike) -> str | None:
@@ -96,78 +84,6 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as CPU tensors (no wrappers, no pickled objects)."""
     model = getattr(model, "module", model)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-RESUME_RECORD = "resume.json"
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def resume_checkpoint(state_dir: Path, record: Mapping[str, Any]) -> Path | None:
-    """The checkpoint an interrupted run left in ``state_dir`` for the same ``record``
-    (hyper-parameters, seed, data); None to start over (``state_dir`` is then emptied
-    and ``record`` written)."""
-    saved = state_dir / RESUME_RECORD
-    found = None
-    if saved.is_file():
-        try:
-            same = json.loads(saved.read_text()) == json.loads(json.dumps(record))
-        except ValueError:
-            same = False
-        pointer = state_dir / "last_checkpoint"  # written by mmengine after each save
-        if not same:
-            log.warning(
-                "%s: the interrupted run used other settings or data; starting over", state_dir
-            )
-        elif pointer.is_file():
-            named = Path(pointer.read_text().strip())
-            for candidate in (named, state_dir / named.name):
-                if candidate.is_file():
-                    found = candidate
-                    break
-    if found is not None:
-        return found
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True)
-    (state_dir / RESUME_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return None
-
-
-@contextlib.contextmanager
-def trust_checkpoints_in(folder: str | os.PathLike) -> Iterator[None]:
-    """Let ``torch.load`` unpickle (``weights_only=False``) files inside ``folder`` only:
-    mmengine's own resume checkpoints, written by this workflow in its results. Every
-    other load keeps torch's safe default; the patch lives only while the block runs."""
-    root = Path(folder).resolve()
-    original = torch.load
-
-    def load(f, *args, **kwargs):
-        if isinstance(f, (str, os.PathLike)) and Path(f).resolve().is_relative_to(root):
-            kwargs["weights_only"] = False
-        return original(f, *args, **kwargs)
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original
-
-
-def merged_scalars(state_dir: Path) -> list[dict[str, Any]]:
-    """mmengine's scalars.json of every (resumed) run in ``state_dir``, in order, a
-    logged step of a later run replacing the same step of an earlier one."""
-    records: dict[tuple[bool, int], dict[str, Any]] = {}
-    for path in sorted(state_dir.glob("*/vis_data/scalars.json")):  # run folders: timestamps
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # the last line of a run killed while writing it
-                continue
-            records[("coco/bbox_mAP_50" in rec, int(rec["step"]))] = rec
-    return [records[k] for k in sorted(records, key=lambda k: (k[0], k[1]))]
 
 
 def train_detector(
@@ -312,137 +228,3 @@ def train_detector(
     )
     plot_training(scalars, metrics, out_curves)
     return metrics
-
-
-def evaluate_detector(
-    config_path: str,
-    weights_path: str,
-    test_ann: str,
-    test_images: str,
-    *,
-    device: str = "auto",
-    batch_size: int = 2,
-    workers: int = 0,
-) -> dict[str, Any]:
-    """COCO bbox evaluation of the published detector on a COCO test set."""
-    from lesioncl.detector.inference import LesionDetector
-
-    coco = check_coco_images(test_ann, test_images)
-    detector = LesionDetector(config_path, weights_path, device=device)
-    paths = [str(Path(test_images) / im["file_name"]) for im in coco["images"]]
-    dets = list(detector.predict(paths, batch_size=batch_size, workers=workers, desc="evaluate"))
-    return coco_metrics(test_ann, test_images, dets, detector.classes)
-
-
-def coco_metrics(
-    test_ann: str, test_images: str, detections: Iterable, classes: tuple[str, ...]
-) -> dict[str, Any]:
-    """pycocotools bbox metrics of ``detections`` (:class:`inference.Detections`)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from lesioncl.detector.compat import apply_patches
-
-    apply_patches()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(test_ann))
-    by_path = {str(Path(test_images) / im["file_name"]): im["id"] for im in gt.dataset["images"]}
-    cat_ids = sorted(gt.getCatIds())
-    results = []
-    for det in detections:
-        image_id = by_path[str(Path(det.path))]
-        for (x1, y1, x2, y2), score, label in zip(
-            det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()
-        ):
-            results.append(
-                dict(
-                    image_id=image_id,
-                    category_id=cat_ids[label],
-                    bbox=[x1, y1, x2 - x1, y2 - y1],
-                    score=float(score),
-                )
-            )
-    gt_counts = {c: len(gt.getAnnIds(catIds=[c])) for c in cat_ids}
-    per_class = {
-        name: {"AP": 0.0, "AP_50": 0.0, "gt_boxes": gt_counts[c]}
-        for name, c in zip(classes, cat_ids)
-    }
-    metrics: dict[str, Any] = {
-        "mAP": 0.0,
-        "mAP_50": 0.0,
-        "mAP_75": 0.0,
-        "per_class": per_class,
-        "test_images": len(by_path),
-        "detections": len(results),
-    }
-    if not results:
-        log.warning("the detector found nothing on %s: all APs are 0", test_ann)
-        return metrics
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    log.info("pycocotools summary:\n%s", out.getvalue())
-    metrics.update(mAP=_ap(ev.stats[0]), mAP_50=_ap(ev.stats[1]), mAP_75=_ap(ev.stats[2]))
-    precision = ev.eval["precision"]  # [iou thr, recall, class, area, max dets]
-    for k, (name, c) in enumerate(zip(classes, cat_ids)):
-        all_iou = precision[:, :, k, 0, -1]
-        iou50 = precision[0, :, k, 0, -1]
-        # no ground truth of the class in the test set: AP undefined (None)
-        per_class[name]["AP"] = _ap(all_iou[all_iou > -1].mean()) if (all_iou > -1).any() else None
-        per_class[name]["AP_50"] = _ap(iou50[iou50 > -1].mean()) if (iou50 > -1).any() else None
-    return metrics
-
-
-def _ap(value: float) -> float:
-    return round(max(0.0, float(value)), 4)
-
-
-def plot_training(
-    scalars_json: str | os.PathLike, metrics: Mapping[str, Any], out_png: str | os.PathLike
-) -> None:
-    """Loss curves, test mAP@0.5 during training and the final per-class AP@0.5."""
-    plt = pyplot()
-
-    train: list[dict[str, Any]] = []
-    val: list[dict[str, Any]] = []
-    path = Path(scalars_json)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            (val if "coco/bbox_mAP_50" in rec else train).append(rec)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    ax = axes[0]
-    for key in ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"):
-        pts = [(r["step"], r[key]) for r in train if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=key, linewidth=1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    if val:
-        ax.plot(
-            [r["step"] for r in val], [r["coco/bbox_mAP_50"] for r in val], "o-", label="mAP@0.5"
-        )
-        ax.plot(
-            [r["step"] for r in val], [r["coco/bbox_mAP"] for r in val], "s-", label="mAP@[.5:.95]"
-        )
-        ax.legend(fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test set (monitoring only)")
-    ax = axes[2]
-    names = list(metrics["per_class"])
-    values = [metrics["per_class"][n]["AP_50"] or 0.0 for n in names]
-    ax.bar(names, values, color="tab:blue")
-    ax.set_ylim(0, 1)
-    ax.set_title(
-        f"final test: mAP@0.5 {metrics['mAP_50']:.3f}, mAP {metrics['mAP']:.3f}", fontsize=9
-    )
-    ax.set_ylabel("AP@0.5")
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    save_png(fig, out_png, dpi=100)

@@ -31,8 +31,11 @@ rule detector_train:
         ),
         work=directory(f"{RESULTS}/detector/work"),
     params:
-        # key order of the config file does not matter; qc_images only concerns detector_qc
-        detector={k: v for k, v in sorted(_DET.items()) if k != "qc_images"},
+        # key order of the config file does not matter; qc_images only concerns
+        # detector_qc; workers is operational (the script reads it: no rerun)
+        detector={
+            k: v for k, v in sorted(_DET.items()) if k not in ("qc_images", "workers")
+        },
         seed=config["seed"],
         device=torch_device(),
     log:

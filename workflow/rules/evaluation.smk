@@ -77,8 +77,6 @@ rule eval_features:
         input_size=_EVAL["input_size"],
         batch_size=_EVAL["feature_batch_size"],
         amp=_EVAL["amp"],
-        channels_last=_EVAL["channels_last"],
-        workers=_EVAL["workers"],
         device=torch_device(),
     log:
         f"{LOGS}/eval_features/{{method}}/{{split}}.log",
@@ -163,8 +161,6 @@ rule eval_finetune:
             eval_batch_size=_EVAL["feature_batch_size"],
             tune_thresholds=_FT["tune_thresholds"],
             amp=_EVAL["amp"],
-            channels_last=_EVAL["channels_last"],
-            workers=_EVAL["workers"],
         ),
         # Resume state, deliberately not an output (Snakemake deletes the outputs of
         # failed jobs); removed by the job after success.

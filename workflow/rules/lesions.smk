@@ -19,7 +19,6 @@ rule lesions_predict:
     params:
         n_shards=_LI["n_shards"],
         batch_size=_LI["batch_size"],
-        workers=_LI["workers"],
         size=config["crop"]["size"],
         device=torch_device(),
     log:

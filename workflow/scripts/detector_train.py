@@ -9,7 +9,7 @@ from lesioncl.detector.train import train_detector
 def main(job):
     images = Path(job.input.images)
     train_detector(
-        job.params.detector,
+        {**job.params.detector, **job.operational("detector", "workers")},
         train_ann=job.input.train,
         train_images=str(images / "train"),
         test_ann=job.input.test,

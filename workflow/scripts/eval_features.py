@@ -19,8 +19,7 @@ def main(job):
         batch_size=job.params.batch_size,
         device=job.device(),
         amp=job.params.amp,
-        channels_last=job.params.channels_last,
-        workers=job.params.workers,
+        **job.operational("evaluation", "channels_last", "workers"),
     )
 
 

@@ -21,7 +21,9 @@ def main(job):
         history_csv=job.output.history,
         checkpoint=job.params.checkpoint,
         tensorboard_dir=job.params.tensorboard,
-        settings=job.settings(FinetuneSettings),
+        settings=job.settings(
+            FinetuneSettings, **job.operational("evaluation", "channels_last", "workers")
+        ),
         device=job.device(),
         threads=job.threads,
     )

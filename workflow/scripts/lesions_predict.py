@@ -14,7 +14,7 @@ def main(job):
         n_shards=job.params.n_shards,
         size=job.params.size,
         batch_size=job.params.batch_size,
-        workers=job.params.workers,
+        workers=job.operational("lesion_index", "workers")["workers"],
         device=job.device(),
         threads=job.threads,
     )

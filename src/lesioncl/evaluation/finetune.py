@@ -22,9 +22,6 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
 import math
 import os
@@ -38,6 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesioncl.backbones import feature_dim
+from lesioncl.checkpoint import fingerprint as make_fingerprint
+from lesioncl.checkpoint import load as load_checkpoint
+from lesioncl.checkpoint import save as save_checkpoint
 from lesioncl.evaluation.features import (
     MethodUnavailable,
     autocast,
@@ -57,8 +57,9 @@ from lesioncl.evaluation.metrics import (
     quadratic_kappa,
     tune_thresholds,
 )
+from lesioncl.history import write_history as write_history_csv
 from lesioncl.progress import progress
-from lesioncl.utils import atomic_path, seed_everything, write_json
+from lesioncl.utils import seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -183,41 +184,6 @@ class FinetuneSettings:
     workers: int = 0
 
 
-def _file_stamp(path) -> list | None:
-    if not path:
-        return None
-    st = Path(path).stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
-
-
-def _fingerprint(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def load_checkpoint(path, fingerprint: str) -> dict | None:
-    """The resume state at ``path`` when it exists and was written with the same settings."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or foreign file: start again
-        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
-        return None
-    if ckpt.get("fingerprint") != fingerprint:
-        log.warning(
-            "checkpoint %s was written with other settings or inputs; starting from scratch", path
-        )
-        return None
-    log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
-    return ckpt
-
-
-def save_checkpoint(path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def _loader(
     dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, repeat: int = 0
 ):
@@ -306,6 +272,8 @@ def finetune(
     start_epoch, history = 0, []
     best = {"kappa": -math.inf, "epoch": 0, "state": None}
     ckpt = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
+    if ckpt is not None:
+        log.info("resuming from %s after epoch %d", checkpoint, ckpt["epoch"])
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -417,11 +385,8 @@ def finetune(
 
 
 def write_history(path, history: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
+    """The fine-tuning history (:data:`HISTORY_COLUMNS`, one row per epoch)."""
+    write_history_csv(path, history, HISTORY_COLUMNS)
 
 
 def _rows_of(cache_rows, wanted, cache_csv) -> np.ndarray:
@@ -495,19 +460,16 @@ def run_finetune(
         settings.input_size,
         device,
     )
-    fingerprint = _fingerprint(
+    fingerprint = make_fingerprint(
         {
             "method": method,
             "fraction": fraction,
             "seed": seed,
             "arch": arch,
-            "weights": _file_stamp(weights),
             "settings": asdict(settings),
-            "fractions": _file_stamp(fractions_csv),
-            "train": _file_stamp(cache["train"][0]),
-            "val": _file_stamp(cache["val"][0]),
             "device": device,
-        }
+        },
+        files=[weights, fractions_csv, cache["train"][0], cache["val"][0]],
     )
     writer = None
     if tensorboard_dir:

@@ -33,14 +33,11 @@ global batch is split evenly over the ranks.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -57,7 +54,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from lesioncl import checkpoint
 from lesioncl.crop.cache import open_crop_cache
+from lesioncl.history import write_history as write_history_csv
 from lesioncl.pretrain.augment import ViewAugment, denormalize
 from lesioncl.pretrain.builder import ContrastiveModel
 from lesioncl.pretrain.data import (
@@ -248,49 +247,6 @@ def step_seed(seed: int, stream: int, epoch: int, step: int) -> int:
         np.random.SeedSequence([seed % 2**63, stream, epoch, step]).generate_state(1, np.uint64)[0]
         >> 1
     )
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python/NumPy/torch RNG states as tensors and plain types (``weights_only`` loadable)."""
-    version, keys, gauss = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": {
-            "version": version,
-            "state": torch.tensor(keys, dtype=torch.int64),
-            "gauss": gauss,
-        },
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(k) for k in py["state"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            npy["keys"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if (
-        state["cuda"]
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def build_optimizer(model: nn.Module, cfg: "PretrainConfig") -> torch.optim.Optimizer:
@@ -502,15 +458,8 @@ class Trainer:
         settings = {k: v for k, v in self.cfg.to_dict().items() if k not in _OPERATIONAL}
         settings["world"] = self.dist.world
         settings["global_batch"] = self.global_batch
-        data = []
-        for path in (self.cfg.train_cache, self.cfg.val_cache, self.cfg.lesion_index):
-            if path and Path(path).is_file():
-                st = Path(path).stat()
-                data.append([Path(path).name, st.st_size, int(st.st_mtime)])
-        settings["data"] = data
-        return hashlib.sha256(
-            json.dumps(settings, sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+        files = (self.cfg.train_cache, self.cfg.val_cache, self.cfg.lesion_index)
+        return checkpoint.fingerprint(settings, files)
 
     def open_writer(self):
         if not self.dist.is_main:
@@ -806,7 +755,7 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The full training state: plain tensors and Python types only."""
-        rng = capture_rng_state()
+        rng = checkpoint.capture_rng_state()
         if self.dist.world > 1:
             states: list[Any] = [None] * self.dist.world
             dist.all_gather_object(states, rng)
@@ -836,8 +785,7 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         state = self.state_dict()  # collective under DDP: every rank takes part
         if self.dist.is_main:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
+            checkpoint.save(path, state)
             if self.step:
                 log.info(
                     "checkpoint: %s (epoch %d, %d of %d steps done)",
@@ -853,25 +801,8 @@ class Trainer:
 
     def load_checkpoint(self, path: str | os.PathLike) -> bool:
         """Resume from ``path`` if it exists and belongs to this run; returns whether it did."""
-        path = Path(path)
-        if not path.is_file():
-            return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a torn or foreign file must not block a fresh start
-            log.warning(
-                "ignoring unreadable resume checkpoint %s (%s); starting from scratch", path, err
-            )
-            return False
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
-            log.warning(
-                "resume checkpoint %s was written for other settings or data "
-                "(fingerprint %s, now %s); "
-                "starting from scratch",
-                path,
-                state.get("fingerprint"),
-                self.fingerprint,
-            )
+        state = checkpoint.load(path, self.fingerprint, fmt=CHECKPOINT_FORMAT)
+        if state is None:
             return False
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -881,7 +812,7 @@ class Trainer:
         self.history = [dict(r) for r in state["history"]]
         rng = state["rng"]
         if len(rng) == self.dist.world:
-            restore_rng_state(rng[self.dist.rank])
+            checkpoint.restore_rng_state(rng[self.dist.rank])
         log.info(
             "resumed from %s: %d epochs and %d of %d steps of epoch %d done",
             path,
@@ -957,18 +888,7 @@ def embedding_spread(z: torch.Tensor) -> torch.Tensor:
 def write_history(path: str | os.PathLike, history: Iterable[dict[str, float]]) -> None:
     """history.csv: epoch, train_loss, val_loss (empty when not validated), lr, pairs_per_s,
     embedding_std (empty in rows written before it was recorded)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-            writer.writeheader()
-            for row in history:
-                values = {k: row.get(k, math.nan) for k in HISTORY_COLUMNS}
-                writer.writerow(
-                    {
-                        k: ("" if isinstance(v, float) and math.isnan(v) else v)
-                        for k, v in values.items()
-                    }
-                )
+    write_history_csv(path, history, HISTORY_COLUMNS)
 
 
 def plot_history(

@@ -14,7 +14,7 @@ training and evaluation paths (pandas, scikit-learn, tqdm, tensorboard, matplotl
 not mmcv. All data are generated: fundus-like crops (:mod:`lesioncl.pretrain.toydata`)
 written in the real cache format (a uint8 ``(N, S, S, 3)`` ``.npy`` memmap and its
 ``.csv``, CONTRIBUTING.md) and a lesion index pickle. Every figure comes from the
-package's own classes: :class:`~lesioncl.pretrain.train.Trainer` (its data loader,
+package's own classes: :class:`~lesioncl.pretrain.trainer.Trainer` (its data loader,
 batched GPU augmentation, model, loss and optimiser step), ``extract_features`` and
 ``finetune``.
 

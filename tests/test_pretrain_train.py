@@ -11,14 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from lesioncl.pretrain.train import (
-    COLLAPSE_FRACTION,
-    PretrainConfig,
-    Trainer,
-    TrainingInterrupted,
-    WarmupCosine,
-    run_pretraining,
-)
+from lesioncl.pretrain.config import COLLAPSE_FRACTION, PretrainConfig
+from lesioncl.pretrain.schedule import WarmupCosine
+from lesioncl.pretrain.train import run_pretraining
+from lesioncl.pretrain.trainer import Trainer, TrainingInterrupted
 from lesioncl.pretrain.toydata import write_toy_cache
 
 
@@ -251,7 +247,7 @@ def test_knn_probe_grades_a_learnable_cache(tmp_path):
 
 
 def test_optimizers(toy, tmp_path):
-    from lesioncl.pretrain.train import build_optimizer
+    from lesioncl.pretrain.schedule import build_optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     sgd = build_optimizer(model, make_cfg(toy, tmp_path / "a", weight_decay=0.1))

@@ -60,7 +60,7 @@ def write_hparams(writer, hparams: Mapping[str, Any], metrics: Sequence[str]) ->
 
 
 def pretrain_hparams(cfg, *, global_batch: int, world_size: int) -> dict[str, Any]:
-    """What decides a pretraining run (a :class:`lesioncl.pretrain.train.PretrainConfig`)."""
+    """What decides a pretraining run (a :class:`lesioncl.pretrain.config.PretrainConfig`)."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _PRETRAIN_SKIP}
     values.update(global_batch=global_batch, gpus=world_size)
     return values

@@ -11,13 +11,9 @@ import torch
 import torchvision
 
 from lesioncl.evaluation import finetune as ft
-from lesioncl.evaluation.finetune import (
-    AugmentConfig,
-    BatchAugment,
-    FinetuneSettings,
-    Grader,
-    run_finetune,
-)
+from lesioncl.evaluation.augment import AugmentConfig, BatchAugment
+from lesioncl.evaluation.finetune import FinetuneSettings, Grader
+from lesioncl.evaluation.finetune_job import run_finetune
 from lesioncl.evaluation.fractions import sample_fractions
 
 IDENTITY = AugmentConfig(hflip=0, vflip=0, brightness=0, contrast=0, scale=(1, 1), ratio=(1, 1),

@@ -68,7 +68,7 @@ def test_pretraining_run_records_its_hparams(tmp_path):
 def test_finetune_run_records_its_hparams(tmp_path):
     from test_evaluation_finetune import SETTINGS, _cache
 
-    from lesioncl.evaluation.finetune import run_finetune
+    from lesioncl.evaluation.finetune_job import run_finetune
 
     cache = _cache(tmp_path)
     weights = tmp_path / "w.pt"

@@ -1,7 +1,8 @@
 """Rule eval_finetune: one fine-tuning run (method x fraction x seed)."""
 
 from lesioncl.adapter import run
-from lesioncl.evaluation.finetune import FinetuneSettings, run_finetune
+from lesioncl.evaluation.finetune import FinetuneSettings
+from lesioncl.evaluation.finetune_job import run_finetune
 
 
 def main(job):

@@ -5,7 +5,7 @@
   the validation split, reported separately).
 * SGD (lr 1e-3, Nesterov momentum 0.9, weight decay 5e-4), cosine schedule to 0
   over all iterations, 25 epochs, batch 16 (all from the config).
-* Augmentations, batched on the device (:class:`BatchAugment`): horizontal and
+* Augmentations, batched on the device (:class:`.augment.BatchAugment`): horizontal and
   vertical flips, ColorJitter(brightness 0.2, contrast 0.2), a random resized crop
   (area 0.87-1.15, aspect 0.7-1.3), rotation in ±180° and translation up to 0.2 of
   the side. The crop, rotation and translation are composed into one affine warp
@@ -18,6 +18,9 @@
   written atomically after each epoch, outside the rule's declared outputs (which
   Snakemake deletes when a job fails), loaded with ``weights_only=True`` and ignored
   when it was written with other settings; it is deleted after a successful run.
+
+:mod:`.finetune_job` runs one job of rule eval_finetune; :mod:`.augment` holds the
+augmentation.
 """
 
 from __future__ import annotations
@@ -26,117 +29,35 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesioncl.backbones import feature_dim
-from lesioncl.checkpoint import fingerprint as make_fingerprint
 from lesioncl.checkpoint import load as load_checkpoint
 from lesioncl.checkpoint import save as save_checkpoint
+from lesioncl.evaluation.augment import BatchAugment
 from lesioncl.evaluation.features import (
-    MethodUnavailable,
     autocast,
-    build_method_backbone,
-    load_crop_cache,
     normalize,
     predict,
     to_float,
 )
-from lesioncl.evaluation.fractions import read_fractions
-from lesioncl.evaluation.linear import clear_event_files, skipped_result
 from lesioncl.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
-    N_LEVELS,
-    classification_metrics,
     predict_thresholds,
     quadratic_kappa,
-    tune_thresholds,
 )
 from lesioncl.history import write_history as write_history_csv
 from lesioncl.progress import progress
-from lesioncl.utils import seed_everything, write_json
+from lesioncl.utils import seed_everything
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lesioncl.evaluation.finetune")
+
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_kappa", "val_accuracy", "lr", "seconds"]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The authors' fine-tuning augmentations."""
-
-    hflip: float = 0.5
-    vflip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    scale: tuple[float, float] = (0.87, 1.15)
-    ratio: tuple[float, float] = (0.7, 1.3)
-    degrees: float = 180.0
-    translate: float = 0.2
-
-
-class BatchAugment:
-    """Random flips, brightness/contrast jitter and an affine warp, per sample, on a batch.
-
-    Input and output: float NCHW in [0, 1] (before normalisation), square images.
-    """
-
-    def __init__(self, cfg: AugmentConfig = AugmentConfig()):
-        self.cfg = cfg
-
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        cfg = self.cfg
-        n, dev = x.shape[0], x.device
-
-        def rand(*shape):
-            return torch.rand(*shape, device=dev, generator=gen)
-
-        # Flips.
-        hf = (rand(n) < cfg.hflip).view(n, 1, 1, 1)
-        x = torch.where(hf, x.flip(3), x)
-        vf = (rand(n) < cfg.vflip).view(n, 1, 1, 1)
-        x = torch.where(vf, x.flip(2), x)
-        # Brightness, then contrast around each image's mean grey level.
-        b = (1 + (rand(n) * 2 - 1) * cfg.brightness).view(n, 1, 1, 1)
-        x = (x * b).clamp_(0, 1)
-        c = (1 + (rand(n) * 2 - 1) * cfg.contrast).view(n, 1, 1, 1)
-        grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean((1, 2)).view(n, 1, 1, 1)
-        x = ((x - grey) * c + grey).clamp_(0, 1)
-        # Affine warp = resized crop, then rotation and translation (normalised coords).
-        theta = self.affine_matrices(n, dev, gen)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    def affine_matrices(self, n: int, dev, gen=None) -> torch.Tensor:
-        """(n, 2, 3) maps from output to input coordinates in [-1, 1]."""
-        cfg = self.cfg
-
-        def uniform(lo, hi):
-            return lo + (hi - lo) * torch.rand(n, device=dev, generator=gen)
-
-        area = uniform(*cfg.scale)
-        log_ratio = uniform(math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
-        ratio = log_ratio.exp()
-        w = (area * ratio).sqrt()  # crop size relative to the image side
-        h = (area / ratio).sqrt()
-        # Crop centre: anywhere that keeps the crop inside the image (centred when larger).
-        cx = (uniform(-1.0, 1.0)) * (1 - w).clamp(min=0)
-        cy = (uniform(-1.0, 1.0)) * (1 - h).clamp(min=0)
-        angle = uniform(-cfg.degrees, cfg.degrees) * math.pi / 180
-        tx = uniform(-cfg.translate, cfg.translate) * 2  # fraction of the side -> [-1, 1] units
-        ty = uniform(-cfg.translate, cfg.translate) * 2
-        cos, sin = angle.cos(), angle.sin()
-        # input = centre + S @ R^-1 @ (output - t), R^-1 = [[cos, sin], [-sin, cos]].
-        a11, a12 = w * cos, w * sin
-        a21, a22 = -h * sin, h * cos
-        b1 = cx - (a11 * tx + a12 * ty)
-        b2 = cy - (a21 * tx + a22 * ty)
-        return torch.stack([torch.stack([a11, a12, b1], 1), torch.stack([a21, a22, b2], 1)], 1)
 
 
 class Grader(nn.Module):
@@ -387,190 +308,3 @@ def finetune(
 def write_history(path, history: list[dict]) -> None:
     """The fine-tuning history (:data:`HISTORY_COLUMNS`, one row per epoch)."""
     write_history_csv(path, history, HISTORY_COLUMNS)
-
-
-def _rows_of(cache_rows, wanted, cache_csv) -> np.ndarray:
-    index = {name: i for i, name in enumerate(cache_rows["image"].astype(str))}
-    missing = [im for im in wanted if im not in index]
-    if missing:
-        raise ValueError(
-            f"{cache_csv}: {len(missing)} images of the label fraction are not in the cache "
-            f"(e.g. {missing[:3]}); rerun the fractions and crop_cache rules"
-        )
-    return np.array([index[im] for im in wanted], dtype=np.int64)
-
-
-def run_finetune(
-    *,
-    method: str,
-    fraction: float,
-    seed: int,
-    arch: str,
-    weights: str | os.PathLike | None,
-    imagenet_weights: str | os.PathLike | None,
-    cache: dict,
-    fractions_csv: str | os.PathLike,
-    output: str | os.PathLike,
-    history_csv: str | os.PathLike,
-    checkpoint: str | os.PathLike | None,
-    tensorboard_dir: str | os.PathLike | None,
-    settings: FinetuneSettings,
-    device: str = "cpu",
-    threads: int = 1,
-) -> dict:
-    """One fine-tuning run (method x fraction x seed) -> metrics JSON and history CSV.
-
-    ``cache`` maps ``train``/``val``/``test`` to ``(npy, csv)`` paths of the image cache.
-    """
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        backbone = build_method_backbone(method, arch, weights, seed, imagenet_weights)
-    except MethodUnavailable as err:
-        log.warning("method %s skipped: %s", method, err)
-        result = skipped_result(method, "finetune", fraction, seed, str(err))
-        write_history(history_csv, [])
-        write_json(output, result)
-        return result
-    model = Grader(backbone, feature_dim(arch))
-    torch.manual_seed(seed)
-    nn.init.normal_(model.head.weight, std=0.01)
-    nn.init.zeros_(model.head.bias)
-
-    train_all, train_rows = load_crop_cache(*cache["train"])
-    val_images, val_rows = load_crop_cache(*cache["val"])
-    test_images, test_rows = load_crop_cache(*cache["test"])
-    frac = read_fractions(fractions_csv, fraction)
-    idx = _rows_of(train_rows, frac["image"].tolist(), cache["train"][1])
-    train_levels = frac["level"].to_numpy()
-    if not np.array_equal(train_rows["level"].to_numpy()[idx], train_levels):
-        raise ValueError(
-            f"{fractions_csv}: levels differ from {cache['train'][1]}; rerun the fractions rule"
-        )
-    log.info(
-        "fine-tune %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test; "
-        "%s at %dpx on %s",
-        method,
-        fraction,
-        seed,
-        len(train_levels),
-        np.bincount(train_levels, minlength=N_LEVELS).tolist(),
-        len(val_rows),
-        len(test_rows),
-        arch,
-        settings.input_size,
-        device,
-    )
-    fingerprint = make_fingerprint(
-        {
-            "method": method,
-            "fraction": fraction,
-            "seed": seed,
-            "arch": arch,
-            "settings": asdict(settings),
-            "device": device,
-        },
-        files=[weights, fractions_csv, cache["train"][0], cache["val"][0]],
-    )
-    writer = None
-    if tensorboard_dir:
-        from torch.utils.tensorboard import SummaryWriter
-
-        if not (checkpoint and Path(checkpoint).is_file()):
-            clear_event_files(tensorboard_dir)  # a fresh run; a resumed one continues its curves
-        writer = SummaryWriter(str(tensorboard_dir))
-        # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
-        from lesioncl.hparams import FINETUNE_METRICS, finetune_hparams, write_hparams
-
-        write_hparams(
-            writer,
-            finetune_hparams(
-                settings,
-                method=method,
-                fraction=fraction,
-                seed=seed,
-                arch=arch,
-                n_train=len(train_levels),
-            ),
-            FINETUNE_METRICS,
-        )
-    try:
-        fit = finetune(
-            model,
-            train_all,
-            train_levels,
-            val_images,
-            val_rows["level"].to_numpy(),
-            settings,
-            train_indices=idx,
-            seed=seed,
-            device=device,
-            checkpoint=checkpoint,
-            fingerprint=fingerprint,
-            writer=writer,
-        )
-    finally:
-        if writer is not None:
-            writer.close()
-
-    s = settings
-    y_val = val_rows["level"].to_numpy()
-    y_test = test_rows["level"].to_numpy()
-    val_scores = predict(
-        model,
-        val_images,
-        s.input_size,
-        s.eval_batch_size,
-        device,
-        s.amp,
-        s.channels_last,
-        s.workers,
-        desc="val (best epoch)",
-    ).reshape(-1)
-    test_scores = predict(
-        model,
-        test_images,
-        s.input_size,
-        s.eval_batch_size,
-        device,
-        s.amp,
-        s.channels_last,
-        s.workers,
-        desc="test (best epoch)",
-    ).reshape(-1)
-    result = {
-        "method": method,
-        "evaluation": "finetune",
-        "fraction": float(fraction),
-        "seed": int(seed),
-        "skipped": False,
-        "n_train": int(len(train_levels)),
-        "n_train_per_level": np.bincount(train_levels, minlength=N_LEVELS).tolist(),
-        "train_steps": int(fit["steps"]),
-        "head": "regression-mse",
-        "settings": asdict(s),
-        "selected": {"epoch": fit["best_epoch"]},
-        "thresholds": list(DEFAULT_THRESHOLDS),
-        "val": classification_metrics(y_val, predict_thresholds(val_scores)),
-        "test": classification_metrics(y_test, predict_thresholds(test_scores)),
-    }
-    if s.tune_thresholds:
-        tuned, _ = tune_thresholds(val_scores, y_val)
-        result["thresholds_tuned"] = tuned.tolist()
-        result["val_tuned"] = classification_metrics(y_val, predict_thresholds(val_scores, tuned))
-        result["test_tuned"] = classification_metrics(
-            y_test, predict_thresholds(test_scores, tuned)
-        )
-    write_history(history_csv, fit["history"])
-    write_json(output, result)
-    if checkpoint and Path(checkpoint).is_file():
-        Path(checkpoint).unlink()
-    log.info(
-        "fine-tune %s frac %g seed %d: best epoch %d, val kappa %s, test kappa %s",
-        method,
-        fraction,
-        seed,
-        fit["best_epoch"],
-        result["val"]["kappa"],
-        result["test"]["kappa"],
-    )
-    return result

@@ -1,0 +1,228 @@
+"""One job of rule eval_finetune: the caches and the label fraction read, the run
+fingerprinted, fine-tuned, scored on val and test, and its result JSON and history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesioncl.backbones import feature_dim
+from lesioncl.checkpoint import fingerprint as make_fingerprint
+from lesioncl.evaluation.features import (
+    MethodUnavailable,
+    build_method_backbone,
+    load_crop_cache,
+    predict,
+)
+from lesioncl.evaluation.finetune import (
+    FinetuneSettings,
+    Grader,
+    finetune,
+    write_history,
+)
+from lesioncl.evaluation.fractions import read_fractions
+from lesioncl.evaluation.linear import clear_event_files, skipped_result
+from lesioncl.evaluation.metrics import (
+    DEFAULT_THRESHOLDS,
+    N_LEVELS,
+    classification_metrics,
+    predict_thresholds,
+    tune_thresholds,
+)
+from lesioncl.utils import write_json
+
+log = logging.getLogger("lesioncl.evaluation.finetune")
+
+
+def _rows_of(cache_rows, wanted, cache_csv) -> np.ndarray:
+    index = {name: i for i, name in enumerate(cache_rows["image"].astype(str))}
+    missing = [im for im in wanted if im not in index]
+    if missing:
+        raise ValueError(
+            f"{cache_csv}: {len(missing)} images of the label fraction are not in the cache "
+            f"(e.g. {missing[:3]}); rerun the fractions and crop_cache rules"
+        )
+    return np.array([index[im] for im in wanted], dtype=np.int64)
+
+
+def run_finetune(
+    *,
+    method: str,
+    fraction: float,
+    seed: int,
+    arch: str,
+    weights: str | os.PathLike | None,
+    imagenet_weights: str | os.PathLike | None,
+    cache: dict,
+    fractions_csv: str | os.PathLike,
+    output: str | os.PathLike,
+    history_csv: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
+    tensorboard_dir: str | os.PathLike | None,
+    settings: FinetuneSettings,
+    device: str = "cpu",
+    threads: int = 1,
+) -> dict:
+    """One fine-tuning run (method x fraction x seed) -> metrics JSON and history CSV.
+
+    ``cache`` maps ``train``/``val``/``test`` to ``(npy, csv)`` paths of the image cache.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        backbone = build_method_backbone(method, arch, weights, seed, imagenet_weights)
+    except MethodUnavailable as err:
+        log.warning("method %s skipped: %s", method, err)
+        result = skipped_result(method, "finetune", fraction, seed, str(err))
+        write_history(history_csv, [])
+        write_json(output, result)
+        return result
+    model = Grader(backbone, feature_dim(arch))
+    torch.manual_seed(seed)
+    nn.init.normal_(model.head.weight, std=0.01)
+    nn.init.zeros_(model.head.bias)
+
+    train_all, train_rows = load_crop_cache(*cache["train"])
+    val_images, val_rows = load_crop_cache(*cache["val"])
+    test_images, test_rows = load_crop_cache(*cache["test"])
+    frac = read_fractions(fractions_csv, fraction)
+    idx = _rows_of(train_rows, frac["image"].tolist(), cache["train"][1])
+    train_levels = frac["level"].to_numpy()
+    if not np.array_equal(train_rows["level"].to_numpy()[idx], train_levels):
+        raise ValueError(
+            f"{fractions_csv}: levels differ from {cache['train'][1]}; rerun the fractions rule"
+        )
+    log.info(
+        "fine-tune %s, fraction %g, seed %d: %d labelled images (per level %s), %d val, %d test; "
+        "%s at %dpx on %s",
+        method,
+        fraction,
+        seed,
+        len(train_levels),
+        np.bincount(train_levels, minlength=N_LEVELS).tolist(),
+        len(val_rows),
+        len(test_rows),
+        arch,
+        settings.input_size,
+        device,
+    )
+    fingerprint = make_fingerprint(
+        {
+            "method": method,
+            "fraction": fraction,
+            "seed": seed,
+            "arch": arch,
+            "settings": asdict(settings),
+            "device": device,
+        },
+        files=[weights, fractions_csv, cache["train"][0], cache["val"][0]],
+    )
+    writer = None
+    if tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not (checkpoint and Path(checkpoint).is_file()):
+            clear_event_files(tensorboard_dir)  # a fresh run; a resumed one continues its curves
+        writer = SummaryWriter(str(tensorboard_dir))
+        # the run's hyper-parameters, for TensorBoard's HPARAMS view (runs side by side)
+        from lesioncl.hparams import FINETUNE_METRICS, finetune_hparams, write_hparams
+
+        write_hparams(
+            writer,
+            finetune_hparams(
+                settings,
+                method=method,
+                fraction=fraction,
+                seed=seed,
+                arch=arch,
+                n_train=len(train_levels),
+            ),
+            FINETUNE_METRICS,
+        )
+    try:
+        fit = finetune(
+            model,
+            train_all,
+            train_levels,
+            val_images,
+            val_rows["level"].to_numpy(),
+            settings,
+            train_indices=idx,
+            seed=seed,
+            device=device,
+            checkpoint=checkpoint,
+            fingerprint=fingerprint,
+            writer=writer,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+
+    s = settings
+    y_val = val_rows["level"].to_numpy()
+    y_test = test_rows["level"].to_numpy()
+    val_scores = predict(
+        model,
+        val_images,
+        s.input_size,
+        s.eval_batch_size,
+        device,
+        s.amp,
+        s.channels_last,
+        s.workers,
+        desc="val (best epoch)",
+    ).reshape(-1)
+    test_scores = predict(
+        model,
+        test_images,
+        s.input_size,
+        s.eval_batch_size,
+        device,
+        s.amp,
+        s.channels_last,
+        s.workers,
+        desc="test (best epoch)",
+    ).reshape(-1)
+    result = {
+        "method": method,
+        "evaluation": "finetune",
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "skipped": False,
+        "n_train": int(len(train_levels)),
+        "n_train_per_level": np.bincount(train_levels, minlength=N_LEVELS).tolist(),
+        "train_steps": int(fit["steps"]),
+        "head": "regression-mse",
+        "settings": asdict(s),
+        "selected": {"epoch": fit["best_epoch"]},
+        "thresholds": list(DEFAULT_THRESHOLDS),
+        "val": classification_metrics(y_val, predict_thresholds(val_scores)),
+        "test": classification_metrics(y_test, predict_thresholds(test_scores)),
+    }
+    if s.tune_thresholds:
+        tuned, _ = tune_thresholds(val_scores, y_val)
+        result["thresholds_tuned"] = tuned.tolist()
+        result["val_tuned"] = classification_metrics(y_val, predict_thresholds(val_scores, tuned))
+        result["test_tuned"] = classification_metrics(
+            y_test, predict_thresholds(test_scores, tuned)
+        )
+    write_history(history_csv, fit["history"])
+    write_json(output, result)
+    if checkpoint and Path(checkpoint).is_file():
+        Path(checkpoint).unlink()
+    log.info(
+        "fine-tune %s frac %g seed %d: best epoch %d, val kappa %s, test kappa %s",
+        method,
+        fraction,
+        seed,
+        fit["best_epoch"],
+        result["val"]["kappa"],
+        result["test"]["kappa"],
+    )
+    return result

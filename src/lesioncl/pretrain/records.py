@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from lesioncl import checkpoint
+import lesioncl.checkpoint as checkpoint
 from lesioncl.history import write_history as write_history_csv
 from lesioncl.pretrain.augment import denormalize
 from lesioncl.pretrain.config import (

@@ -45,6 +45,18 @@ MANIFEST_COLUMNS = (
     "box_y2",
 )
 REJECT_COLUMNS = ("image", "split", "level", "path", "reason")
+#: Integer columns of a shard table (nullable: empty for a rejected image).
+INT_COLUMNS = (
+    "det_width",
+    "det_height",
+    "orig_width",
+    "orig_height",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    "decode_scale",
+)
 SHARD_COLUMNS = (
     "row",
     "image",

@@ -11,6 +11,7 @@ import pandas as pd
 from lesioncl.crop.box import (
     BOX_METHODS,
     DCT_SCALES,
+    INT_COLUMNS,
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
     REJECT_REASONS,
@@ -107,17 +108,7 @@ def merge_shards(
             "rerun rule crop_shard"
         )
 
-    int_columns = [
-        "det_width",
-        "det_height",
-        "orig_width",
-        "orig_height",
-        "box_x1",
-        "box_y1",
-        "box_x2",
-        "box_y2",
-        "decode_scale",
-    ]
+    int_columns = list(INT_COLUMNS)
     if ok[int_columns + ["path", "det_path", "box_method"]].isna().any().any():
         raise ValueError(
             "a cropped row of the shard tables lacks its paths, sizes or box; rerun rule crop_shard"

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lesioncl.crop.box import LABEL_COLUMNS, SHARD_COLUMNS, CropParams, CropReject
+from lesioncl.crop.box import INT_COLUMNS, LABEL_COLUMNS, SHARD_COLUMNS, CropParams, CropReject
 from lesioncl.crop.decode import crop_image
 from lesioncl.utils import atomic_path
 
@@ -166,17 +166,7 @@ def crop_shard(
     ]
     table = pd.concat([meta.reset_index(drop=True), pd.DataFrame(results)], axis=1)
     table = table.reindex(columns=list(SHARD_COLUMNS))
-    for column in (
-        "det_width",
-        "det_height",
-        "orig_width",
-        "orig_height",
-        "box_x1",
-        "box_y1",
-        "box_x2",
-        "box_y2",
-        "decode_scale",
-    ):
+    for column in INT_COLUMNS:
         table[column] = table[column].astype("Int64")
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False)

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO, run_snakemake
 from lesioncl.eyepacs import EyepacsError, parse_image_names
-from lesioncl.eyepacs.archives import ConcatenatedFile, find_archive_sets, unpack_all
+from lesioncl.eyepacs.archives import unpack_all
 from lesioncl.eyepacs.download import download_competition, fetch_file
 from lesioncl.eyepacs.kaggle_api import (
     find_kaggle_credentials,
@@ -28,6 +28,7 @@ from lesioncl.eyepacs.kaggle_api import (
     missing_credentials_message,
 )
 from lesioncl.eyepacs.labels import build_labels, write_labels
+from lesioncl.eyepacs.volumes import ConcatenatedFile, find_archive_sets
 
 TRAIN = {"10_left": 0, "10_right": 1, "13_left": 4, "13_right": 2, "15_left": 3}
 TEST = {"1_left": (0, "Public"), "1_right": (3, "Private"), "2_left": (1, "Private"), "2_right": (2, "Public")}

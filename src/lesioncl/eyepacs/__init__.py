@@ -2,8 +2,9 @@
 
 * :mod:`.download` – the Kaggle API download (resume, size checks); :mod:`.kaggle_api`
   – the API client (credentials, clear errors).
-* :mod:`.archives` – unpacking the byte-split multi-part zips (``train.zip.001`` …),
-  7z volumes and the zipped label CSVs into the raw layout.
+* :mod:`.archives` – unpacking (:mod:`.volumes`: finding and reading) the byte-split
+  multi-part zips (``train.zip.001`` …), 7z volumes and the zipped label CSVs into
+  the raw layout.
 * :mod:`.rawdir` – the raw folder of each source, its layout checked, its files read.
 * :mod:`.labels` – validation of a raw folder and the labels table
   (``results/eyepacs/labels.csv``).

@@ -28,9 +28,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from lesioncl.eyepacs.archives import PART_RE, SINGLE_RE
 from lesioncl.eyepacs.common import IMAGE_DIRS, LABEL_FILES, EyepacsError
 from lesioncl.eyepacs.kaggle_api import call_api, make_kaggle_api
+from lesioncl.eyepacs.volumes import PART_RE, SINGLE_RE
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger(__name__)

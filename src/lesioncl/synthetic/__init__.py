@@ -61,16 +61,16 @@ from lesioncl.synthetic.datasets import (
     TRUTH_COLUMNS,
 )
 from lesioncl.synthetic.eyepacs_set import EyepacsRecord, generate_eyepacs, plan_eyepacs
-from lesioncl.synthetic.grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
-from lesioncl.synthetic.idrid_set import generate_idrid, idrid_name, idrid_paths
-from lesioncl.synthetic.render import (
+from lesioncl.synthetic.geometry import (
     Geometry,
     Lesion,
     Rendered,
     eyepacs_geometry,
     idrid_geometry,
-    render_fundus,
 )
+from lesioncl.synthetic.grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
+from lesioncl.synthetic.idrid_set import generate_idrid, idrid_name, idrid_paths
+from lesioncl.synthetic.render import render_fundus
 
 __all__ = [
     "BAD_KINDS",

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from lesioncl.progress import progress
+from lesioncl.synthetic.geometry import Rendered
 from lesioncl.synthetic.grading import (
     HAEMORRHAGE,
     HARD_EXUDATE,
@@ -37,10 +38,7 @@ from lesioncl.synthetic.grading import (
     icdr_grade,
     sample_lesion_counts,
 )
-from lesioncl.synthetic.render import (
-    Rendered,
-    render_fundus,
-)
+from lesioncl.synthetic.render import render_fundus
 from lesioncl.utils import atomic_path, worker_context
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ from lesioncl.synthetic.datasets import (
     _truth_row,
     _write_csv,
 )
+from lesioncl.synthetic.geometry import eyepacs_geometry
 from lesioncl.synthetic.grading import (
     DEFAULT_EYEPACS_GRADES,
     HAEMORRHAGE,
@@ -42,9 +43,6 @@ from lesioncl.synthetic.grading import (
     PRERETINAL_HAEMORRHAGE,
     SOFT_EXUDATE,
     check_grade_distribution,
-)
-from lesioncl.synthetic.render import (
-    eyepacs_geometry,
 )
 from lesioncl.utils import atomic_path
 

@@ -33,12 +33,10 @@ from lesioncl.synthetic.datasets import (
     _write_csv,
 )
 from lesioncl.synthetic.eyepacs_set import _label
+from lesioncl.synthetic.geometry import idrid_geometry
 from lesioncl.synthetic.grading import (
     DEFAULT_IDRID_GRADES,
     check_grade_distribution,
-)
-from lesioncl.synthetic.render import (
-    idrid_geometry,
 )
 from lesioncl.utils import atomic_path
 

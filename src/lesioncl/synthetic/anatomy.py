@@ -1,0 +1,150 @@
+"""The anatomy of a synthetic fundus: smooth and sensor noise, vessels, disc and macula."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+# Darkening of the red lesions and vessels, per RGB channel (pixel *= 1 - alpha * k).
+from lesioncl.synthetic.geometry import Geometry
+from lesioncl.synthetic.shapes import _coverage, _patch
+
+# --------------------------------------------------------------------------- anatomy
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: tuple[int, int]) -> np.ndarray:
+    grid = rng.standard_normal(cells).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-mean, unit-variance triangular noise (the sum of two random bytes).
+
+    Close enough to Gaussian sensor noise and several times faster to draw.
+    """
+    n = int(np.prod(shape))
+    u = np.frombuffer(rng.bytes(2 * n), np.uint8).reshape(2, *shape)
+    noise = u[0].astype(np.float32)
+    noise += u[1]
+    noise -= np.float32(255.0)
+    noise *= np.float32(1.0 / math.sqrt(2 * (256**2 - 1) / 12))
+    return noise
+
+
+def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Branching vessel trees from the disc: the four arcades, veins and arteries."""
+    s = g.scale
+    canvases = (np.zeros((g.height, g.width), np.uint8), np.zeros((g.height, g.width), np.uint8))
+    temporal = 1.0 if g.macula_x >= g.disc_x else -1.0
+    step = max(2.0, 3.5 * s)
+    for kind, canvas in enumerate(canvases):  # 0 veins, 1 arteries
+        w0 = (rng.uniform(4.2, 5.6) if kind == 0 else rng.uniform(3.2, 4.2)) * s
+        off = math.radians(rng.uniform(-12, 12))
+        stack = []
+        for sign in (-1.0, 1.0):  # superior, inferior
+            # temporal arcade: leaves the disc steeply, bends around the macula
+            theta = sign * math.radians(rng.uniform(55, 80)) + off
+            turn = -sign * rng.uniform(1.1, 1.6)
+            length = g.radius * rng.uniform(0.9, 1.25)
+            stack.append((theta, turn / length, length, w0 * rng.uniform(0.9, 1.0), 0))
+            # nasal vessels
+            theta = sign * math.radians(rng.uniform(100, 145)) + off
+            length = g.radius * rng.uniform(0.6, 0.85)
+            stack.append(
+                (theta, rng.uniform(-0.4, 0.4) / length, length, w0 * rng.uniform(0.7, 0.85), 0)
+            )
+        starts = []
+        for item in stack:
+            ang = rng.uniform(0, 2 * math.pi)
+            rad = g.disc_radius * rng.uniform(0, 0.3)
+            starts.append((g.disc_x + rad * math.cos(ang), g.disc_y + rad * math.sin(ang)) + item)
+        while starts:
+            x, y, theta, kappa, length, width, depth = starts.pop()
+            travelled = 0.0
+            while travelled < length and width > 0.5:
+                theta += kappa * step + rng.normal(0, 0.05)
+                nx = x + temporal * step * math.cos(theta)
+                ny = y + step * math.sin(theta)
+                if math.hypot(nx - g.cx, ny - g.cy) > 0.99 * g.radius:
+                    break
+                cv2.line(
+                    canvas,
+                    (round(x * 8), round(y * 8)),
+                    (round(nx * 8), round(ny * 8)),
+                    int(255 * min(1.0, width)),
+                    max(1, round(width)),
+                    cv2.LINE_AA,
+                    3,
+                )
+                x, y = nx, ny
+                travelled += step
+                width *= 1 - step / (2.5 * g.radius)
+                if depth < 3 and rng.random() < step / (75 * s):
+                    child_len = (length - travelled) * rng.uniform(0.3, 0.7) + 15 * s
+                    child_theta = theta + rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.9)
+                    child_kappa = rng.uniform(-1.0, 1.0) / (0.5 * g.radius)
+                    starts.append(
+                        (
+                            x,
+                            y,
+                            child_theta,
+                            child_kappa,
+                            child_len,
+                            width * rng.uniform(0.5, 0.75),
+                            depth + 1,
+                        )
+                    )
+                    width *= 0.92
+    sigma = 0.35 + 0.25 * s
+    return tuple(cv2.GaussianBlur(c, (0, 0), sigma).astype(np.float32) / 255.0 for c in canvases)
+
+
+def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np.ndarray:
+    """Brighten the optic disc (yellowish rim, paler cup, soft glow); return its mask."""
+    r = g.disc_radius
+    x0, y0, dx, dy = _patch(g.disc_x, g.disc_y, 2.2 * r)
+    # clip the patch to the image
+    h, w = albedo.shape[:2]
+    ys, xs = (
+        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
+        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
+    )
+    dx = dx[:, xs.start - x0 : xs.stop - x0]
+    dy = dy[ys.start - y0 : ys.stop - y0]
+    stretch = rng.uniform(1.0, 1.15)  # discs are slightly taller than wide
+    dist = np.sqrt(dx * dx + (dy / stretch) ** 2)
+    disc = _coverage((r - dist) / (0.15 * r))  # a soft rim; the disc is where >= 0.5
+    cup_r = r * rng.uniform(0.3, 0.5)
+    cup_dist = np.sqrt((dx - r * rng.uniform(-0.2, 0.2)) ** 2 + (dy / stretch) ** 2)
+    cup = np.exp(-((cup_dist / cup_r) ** 2))
+    glow = np.exp(-((dist / (1.6 * r)) ** 2)) * rng.uniform(0.08, 0.2)
+    region = albedo[ys, xs]
+    disc_col = np.array([1.0, 0.74, 0.45], np.float32) * rng.uniform(0.85, 1.0)
+    cup_col = np.array([1.0, 0.93, 0.74], np.float32)
+    region *= (1 + glow)[..., None]
+    region += (disc * rng.uniform(0.55, 0.75))[..., None] * (disc_col - region)
+    region += (cup * rng.uniform(0.5, 0.85))[..., None] * (cup_col - region)
+    mask = np.zeros((h, w), bool)
+    mask[ys, xs] = disc >= 0.5
+    return mask
+
+
+def _paint_macula(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> None:
+    sigma = g.disc_radius * rng.uniform(1.2, 1.8)
+    x0, y0, dx, dy = _patch(g.macula_x, g.macula_y, 3 * sigma)
+    h, w = albedo.shape[:2]
+    ys, xs = (
+        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
+        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
+    )
+    dx = dx[:, xs.start - x0 : xs.stop - x0]
+    dy = dy[ys.start - y0 : ys.stop - y0]
+    d2 = dx * dx + dy * dy
+    dark = np.exp(-d2 / (2 * sigma * sigma)) * rng.uniform(0.25, 0.45)
+    region = albedo[ys, xs]
+    region *= 1 - dark[..., None] * np.array([0.9, 1.0, 1.0], np.float32)
+    if rng.random() < 0.6:  # foveal reflex
+        reflex = np.exp(-d2 / (2 * (0.12 * g.disc_radius) ** 2)) * rng.uniform(0.15, 0.35)
+        region += reflex[..., None] * (np.float32(0.95) - region)

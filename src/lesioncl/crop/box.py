@@ -27,14 +27,8 @@ BOX_METHODS = ("foreground", "square", "square_small_box", "square_no_foreground
 
 DCT_SCALES = (8, 4, 2, 1)
 LABEL_COLUMNS = ("image", "patient_id", "eye", "level", "split", "path")
-MANIFEST_COLUMNS = (
-    "image",
-    "patient_id",
-    "eye",
-    "level",
-    "split",
-    "path",
-    "det_path",
+#: The sizes and the box of a crop (integers; empty in a shard table for a rejected image).
+SIZE_COLUMNS = (
     "det_width",
     "det_height",
     "orig_width",
@@ -44,19 +38,10 @@ MANIFEST_COLUMNS = (
     "box_x2",
     "box_y2",
 )
+MANIFEST_COLUMNS = (*LABEL_COLUMNS, "det_path", *SIZE_COLUMNS)
 REJECT_COLUMNS = ("image", "split", "level", "path", "reason")
 #: Integer columns of a shard table (nullable: empty for a rejected image).
-INT_COLUMNS = (
-    "det_width",
-    "det_height",
-    "orig_width",
-    "orig_height",
-    "box_x1",
-    "box_y1",
-    "box_x2",
-    "box_y2",
-    "decode_scale",
-)
+INT_COLUMNS = (*SIZE_COLUMNS, "decode_scale")
 SHARD_COLUMNS = (
     "row",
     "image",

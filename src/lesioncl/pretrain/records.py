@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 import lesioncl.checkpoint as checkpoint
 from lesioncl.history import write_history as write_history_csv
+from lesioncl.plotting import pyplot, save_png
 from lesioncl.pretrain.augment import denormalize
 from lesioncl.pretrain.config import (
     _OPERATIONAL,
@@ -290,11 +291,7 @@ def plot_history(
 ) -> None:
     """Train and validation loss per epoch as a PNG; ``chance``: the loss of uninformative
     embeddings, log(2B - 1) for B pairs, drawn as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(epochs, [r["train_loss"] for r in history], label="train")
@@ -320,6 +317,4 @@ def plot_history(
         labels.append(line.get_label())
     ax.legend(handles, labels, loc="upper right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)

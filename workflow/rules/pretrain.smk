@@ -44,6 +44,7 @@ _PT_PARAMS = {
         "nesterov",
         "weight_decay",
         "warmup_epochs",
+        "view_warmup_epochs",
         "temperature",
         "proj_hidden",
         "proj_dim",
@@ -53,6 +54,10 @@ _PT_PARAMS = {
         "gpus",
     ]
 }
+
+
+# pretrain.seed: another pretraining seed without regenerating the data (null: the workflow's)
+PRETRAIN_SEED = config["seed"] if _PT.get("seed") is None else _PT["seed"]
 
 
 # A weights file the backbone starts from (init: path, or imagenet from a file).
@@ -120,7 +125,7 @@ rule pretrain_lesion:
         view_size=_PT["patch_size"],
         batch_size=_PT["batch_size"],
         train=_PT_PARAMS,
-        seed=config["seed"],
+        seed=PRETRAIN_SEED,
         device=torch_device(),
     log:
         f"{LOGS}/pretrain/lesion_cl.log",
@@ -165,7 +170,7 @@ rule pretrain_simclr:
         view_size=lambda wildcards: int(wildcards.size),
         batch_size=lambda wildcards: _SIMCLR_BATCH[int(wildcards.size)],
         train=_PT_PARAMS,
-        seed=config["seed"],
+        seed=PRETRAIN_SEED,
         device=torch_device(),
     log:
         f"{LOGS}/pretrain/simclr_{{size}}.log",

@@ -67,6 +67,7 @@ from lesioncl.pretrain.data import (
     EpochSampler,
     LesionPairDataset,
     WholeImageDataset,
+    view_strength,
 )
 from lesioncl.pretrain.loss import SupConLoss
 from lesioncl.utils import atomic_path, resolve_device, seed_everything, setup_logging
@@ -113,6 +114,9 @@ class PretrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: int = 0
+    # View warm-up: the two training views of a sample start identical (one window, not
+    # augmented) and grow apart linearly to the paper's views over these epochs (0: none).
+    view_warmup_epochs: int = 0
     temperature: float = 0.07
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -137,6 +141,8 @@ class PretrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
+        if self.view_warmup_epochs < 0:
+            raise ValueError(f"view_warmup_epochs must be >= 0, got {self.view_warmup_epochs}")
         if self.mode == "lesion" and not self.lesion_index:
             raise ValueError("lesion-based pretraining needs `lesion_index` (the lesion index pickle)")
 
@@ -336,7 +342,8 @@ class Trainer:
             size = open_crop_cache(cfg.train_cache)[0].shape[1]
             index = load_lesion_index(cfg.lesion_index, required_splits=("train",), size=size)
             train = LesionPairDataset(cfg.train_cache, index["train"], cfg.view_size, cfg.seed, TRAIN_STREAM,
-                                      index_file=f"{cfg.lesion_index} [train]")
+                                      index_file=f"{cfg.lesion_index} [train]",
+                                      view_warmup_epochs=cfg.view_warmup_epochs)
             val = None
             if cfg.val_cache and index.get("val"):
                 val = LesionPairDataset(cfg.val_cache, index["val"], cfg.view_size, cfg.seed, VAL_STREAM,
@@ -475,6 +482,9 @@ class Trainer:
             global_step = epoch * self.steps_per_epoch + step
             lr = self.optimizer.param_groups[0]["lr"]
             views = self.make_views(batch, epoch, step, TRAIN_STREAM)
+            if self.writer is not None and self.cfg.view_warmup_epochs:
+                self.writer.add_scalar("train/view_strength", view_strength(epoch, self.cfg.view_warmup_epochs),
+                                       global_step)
             if step == start and self.cfg.log_images and (epoch == 0 or self.is_val_epoch(epoch)):
                 self.log_views(batch, views, global_step)
             loss_value, spread, stop = self.train_step(views, f"epoch {epoch + 1}, step {step + 1}")
@@ -549,13 +559,21 @@ class Trainer:
         return result["knn_kappa"]
 
     def make_views(self, batch: torch.Tensor, epoch: int, step: int, stream: int) -> torch.Tensor:
-        """uint8 (n, V, H, W, 3) -> augmented float (n, 2, 3, s, s) on the device, channels_last."""
+        """uint8 (n, V, H, W, 3) -> augmented float (n, 2, 3, s, s) on the device, channels_last.
+
+        Training views follow the view warm-up (:func:`.data.view_strength`): from random
+        weights the paper's views share too little for the loss to leave chance for
+        hundreds of steps, while views that start identical and grow apart are learned
+        from the first step (docs/demo-experiments.md). Validation views are always the
+        paper's, so validation losses stay comparable.
+        """
         n = batch.shape[0]
         batch = batch.to(self.device, non_blocking=True)
         generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, stream, epoch, step))
         # this rank's samples sit at global positions rank, rank + W, ... (EpochSampler)
         positions = torch.arange(n) * self.dist.world + self.dist.rank
-        views = self.augment(batch, generator, positions, total=n * self.dist.world)
+        strength = view_strength(epoch, self.cfg.view_warmup_epochs) if stream == TRAIN_STREAM else 1.0
+        views = self.augment(batch, generator, positions, total=n * self.dist.world, strength=strength)
         if self.cfg.channels_last:
             flat = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
             views = flat.unflatten(0, (n, 2))

@@ -116,10 +116,13 @@ def test_kappa_table_is_complete(demo):
     table = pd.read_csv(demo / "results/tables/kappa.csv")
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     methods = [m for m in config["evaluation"]["methods"] if m != "imagenet"]  # no weights offline
+    fractions_of = {"linear": config["evaluation"]["fractions"],
+                    "finetune": config["evaluation"]["finetune"]["fractions"] or config["evaluation"]["fractions"]}
     for evaluation in ("linear", "finetune"):
         rows = table[table["evaluation"] == evaluation]
+        assert sorted(rows["fraction"].round(6).unique()) == sorted(round(f, 6) for f in fractions_of[evaluation])
         for method in methods:
-            for fraction in config["evaluation"]["fractions"]:
+            for fraction in fractions_of[evaluation]:
                 cell = rows[(rows["method"] == method) & (rows["fraction"].round(6) == round(fraction, 6))]
                 assert len(cell) == 1, (evaluation, method, fraction, rows)
                 kappa = float(cell["test_kappa_mean"].iloc[0])

@@ -88,12 +88,18 @@ def kappa_table(
     methods: Sequence[str],
     fractions: Sequence[float],
     evaluations: Sequence[str] = EVALUATIONS,
+    fractions_of: dict[str, Sequence[float]] | None = None,
 ) -> pd.DataFrame:
-    """Aggregate over seeds: one row for every evaluation x method x fraction."""
+    """Aggregate over seeds: one row for every evaluation x method x fraction.
+
+    ``fractions_of`` names the fractions configured per evaluation (default: all of
+    ``fractions`` for each); a fraction not configured for an evaluation has no row.
+    """
     out = []
     for evaluation in evaluations:
+        configured = (fractions_of or {}).get(evaluation, fractions)
         for method in methods:
-            for fraction in fractions:
+            for fraction in configured:
                 sel = results
                 if len(results):
                     sel = results[(results["method"] == method) & (results["evaluation"] == evaluation)
@@ -153,7 +159,9 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         "Mean ± std over seeds where more than one seed ran; in brackets the 95 % bootstrap "
         "interval over the test images (2,000 resamples; with several seeds, the average of "
         "their intervals). Model selection (epoch, weight decay) on the validation split only. "
-        "'skipped': the method could not run here (see kappa.csv, column skip_reason)."
+        "'skipped': the method could not run here (see kappa.csv, column skip_reason); "
+        "'–': not run in this configuration (e.g. a label fraction that is not in "
+        "evaluation.finetune.fractions)."
     )
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
     if table["test_kappa_tuned_mean"].notna().any():
@@ -364,10 +372,11 @@ def plot_finetune_curves(histories: Mapping[str, str | os.PathLike], path, title
 # --- entry points of the report rules ---------------------------------------------
 
 
-def build_kappa_table(result_paths, methods, fractions, evaluations, csv_path, md_path) -> pd.DataFrame:
+def build_kappa_table(result_paths, methods, fractions, evaluations, csv_path, md_path,
+                      fractions_of=None) -> pd.DataFrame:
     """Rule kappa_table: every run JSON -> kappa.csv and kappa.md."""
     results, _ = load_results(result_paths)
-    table = kappa_table(results, methods, fractions, evaluations)
+    table = kappa_table(results, methods, fractions, evaluations, fractions_of)
     write_tables(table, csv_path, md_path, methods, fractions)
     for _, row in table.iterrows():
         log.info("%-9s %-12s %6s: %s (%s)", row["evaluation"], row["method"], fraction_label(row["fraction"]),

@@ -164,6 +164,16 @@ def _fraction_tag(fraction):
 EVAL_FRACTIONS = [_fraction_tag(f) for f in _EVAL["fractions"]]
 EVAL_SEEDS = list(_EVAL["seeds"])
 FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
+FINETUNE_FRACTIONS = [
+    _fraction_tag(f) for f in (_FT.get("fractions") or _EVAL["fractions"])
+]
+_unknown = sorted(set(FINETUNE_FRACTIONS) - set(EVAL_FRACTIONS), key=float)
+if _unknown:
+    raise ValueError(
+        f"config: evaluation.finetune.fractions has {_unknown}, which are not in "
+        f"evaluation.fractions {EVAL_FRACTIONS}; add them there or drop them"
+    )
+FRACTIONS_OF = {"linear": EVAL_FRACTIONS, "finetune": FINETUNE_FRACTIONS}
 EVAL_METHODS = list(_EVAL["methods"]) + [
     m for m in _EVAL["extra_weights"] if m not in _EVAL["methods"]
 ]
@@ -247,7 +257,7 @@ def eval_results(evaluation):
     return expand(
         f"{RESULTS}/eval/{evaluation}/{{method}}/frac{{fraction}}_seed{{seed}}.json",
         method=EVAL_METHODS,
-        fraction=EVAL_FRACTIONS,
+        fraction=FRACTIONS_OF[evaluation],
         seed=seeds,
     )
 
@@ -255,7 +265,7 @@ def eval_results(evaluation):
 PRETRAINED_METHODS = [
     m for m in EVAL_METHODS if m == "lesion_cl" or re.fullmatch(r"simclr_\d+", m)
 ]
-LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
+LARGEST_FINETUNE_FRACTION = max(FINETUNE_FRACTIONS, key=float)
 
 REPORT_TARGETS = [
     f"{RESULTS}/report/front_page.rst",

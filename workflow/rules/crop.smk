@@ -40,6 +40,8 @@ rule crop_shard:
         f"{LOGS}/crop_shard/shard_{{shard}}.log",
     benchmark:
         f"{BENCH}/crop_shard/shard_{{shard}}.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: _CROP["workers"]
     resources:
         mem_mb=lambda wildcards, threads: 1000 + 500 * threads,
@@ -85,6 +87,8 @@ rule crop_merge:
         f"{LOGS}/crop_merge/crop_merge.log",
     benchmark:
         f"{BENCH}/crop_merge/crop_merge.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: 1
     resources:
         mem_mb=2000,

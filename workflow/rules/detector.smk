@@ -39,6 +39,8 @@ rule detector_train:
         f"{LOGS}/detector_train/detector_train.log",
     benchmark:
         f"{BENCH}/detector_train/detector_train.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: _DET["workers"] + 2  # torch threads of the training process + loader workers
     resources:
         **gpu_resources("detector"),

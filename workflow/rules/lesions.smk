@@ -25,6 +25,8 @@ rule lesions_predict:
         f"{LOGS}/lesions_predict/shard_{{shard}}.log",
     benchmark:
         f"{BENCH}/lesions_predict/shard_{{shard}}.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: _LI["workers"] + 2
     resources:
         **gpu_resources("lesion_index"),
@@ -69,6 +71,8 @@ rule lesions_index:
         seed=config["seed"],
     log:
         f"{LOGS}/lesions_index/lesions_index.log",
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: 1
     resources:
         mem_mb=2000,

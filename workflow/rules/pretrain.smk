@@ -85,6 +85,8 @@ rule crop_cache:
         f"{LOGS}/crop_cache/{{split}}.log",
     benchmark:
         f"{BENCH}/crop_cache/{{split}}.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: max(1, _PT["workers"])
     resources:
         mem_mb=2000,
@@ -131,6 +133,8 @@ rule pretrain_lesion:
         f"{LOGS}/pretrain/lesion_cl.log",
     benchmark:
         f"{BENCH}/pretrain/lesion_cl.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),
@@ -176,6 +180,8 @@ rule pretrain_simclr:
         f"{LOGS}/pretrain/simclr_{{size}}.log",
     benchmark:
         f"{BENCH}/pretrain/simclr_{{size}}.tsv"
+    # on the path to pretraining: first when cores are scarce (the baselines' evaluations wait)
+    priority: 10
     threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),

@@ -9,6 +9,7 @@ try:
         result_paths=list(snakemake.input.linear) + list(snakemake.input.finetune),  # noqa: F821
         methods=snakemake.params.methods,  # noqa: F821
         fractions=snakemake.params.fractions,  # noqa: F821
+        fractions_of=snakemake.params.fractions_of,  # noqa: F821
         evaluations=snakemake.params.evaluations,  # noqa: F821
         csv_path=snakemake.output.csv,  # noqa: F821
         md_path=snakemake.output.md,  # noqa: F821

@@ -65,8 +65,9 @@ def _write(tmp_path: Path, mutate) -> Path:
         (lambda c: c["eyepacs"].update(source="dropbox"), "dropbox"),
         (lambda c: c["pretrain"].update(lr=-1), "-1"),
         (lambda c: c.update(unknown_section={}), "unknown_section"),
+        (lambda c: c["evaluation"]["finetune"].update(fractions=[0.25]), "evaluation.finetune.fractions has ['0.25']"),
     ],
-    ids=["unknown-key", "wrong-type", "wrong-enum", "out-of-range", "unknown-section"],
+    ids=["unknown-key", "wrong-type", "wrong-enum", "out-of-range", "unknown-section", "finetune-fraction"],
 )
 def test_bad_config_stops_before_any_job(tmp_path, mutate, needle):
     bad = _write(tmp_path, mutate)

@@ -124,3 +124,36 @@ def test_a_rank_gets_the_same_views_as_in_the_global_batch():
     positions = torch.tensor([1, 3, 5])  # rank 1 of 2
     part = aug(batch[positions], torch.Generator().manual_seed(7), positions=positions, total=6)
     torch.testing.assert_close(part, full[positions])
+
+
+def test_strength_shrinks_every_range_and_keeps_the_random_stream():
+    aug = ViewAugment(32)
+    full = aug.sample(4000, (32, 32), torch.Generator().manual_seed(3))
+    same = aug.sample(4000, (32, 32), torch.Generator().manual_seed(3), strength=1.0)
+    names = ("hflip", "vflip", "jitter_order", "jitter", "crop", "angle", "translate", "gray")
+    for name in names:
+        torch.testing.assert_close(getattr(same, name), getattr(full, name), rtol=0, atol=0)
+    half = aug.sample(4000, (32, 32), torch.Generator().manual_seed(3), strength=0.5)
+    torch.testing.assert_close(half.jitter_order, full.jitter_order, rtol=0, atol=0)  # same draws
+    b, c, s, hue = half.jitter.unbind(1)
+    for f in (b, c, s):
+        assert 0.8 <= f.min() < 0.82 and 1.18 < f.max() <= 1.2
+    assert 0.04 < hue.abs().max() <= 0.05
+    assert 0.07 < half.gray.float().mean() < 0.13 and 0.2 < half.hflip.float().mean() < 0.3
+    assert 80 < half.angle.abs().max() <= 90 and half.translate.abs().max() <= round(0.1 * 32)
+    area = half.crop[:, 2] * half.crop[:, 3] / 32**2
+    assert area.min() >= 0.85 and area.max() <= 1.0
+    none = aug.sample(100, (32, 32), torch.Generator().manual_seed(3), strength=0.0)
+    assert (none.jitter[:, :3] == 1).all() and (none.jitter[:, 3] == 0).all()
+    assert not (none.gray.any() or none.hflip.any() or none.vflip.any())
+    assert (none.angle == 0).all() and (none.translate == 0).all()
+    assert (none.crop == torch.tensor([0.0, 0.0, 32.0, 32.0])).all()
+    with pytest.raises(ValueError, match="strength"):
+        aug.sample(4, (32, 32), strength=1.5)
+
+
+def test_views_at_strength_zero_are_the_inputs():
+    batch = torch.randint(0, 256, (4, 2, 16, 16, 3), dtype=torch.uint8)
+    out = denormalize(ViewAugment(16)(batch, torch.Generator().manual_seed(0), strength=0.0).flatten(0, 1))
+    expected = batch.permute(0, 1, 4, 2, 3).flatten(0, 1).float() / 255
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-3)

@@ -19,6 +19,7 @@ from lesioncl.pretrain.data import (
     WholeImageDataset,
     image_key,
     sample_window,
+    view_strength,
     window_start_range,
 )
 from lesioncl.pretrain.toydata import write_toy_dataset
@@ -206,6 +207,30 @@ def test_lesion_pairs_are_windows_around_one_box(coord_cache):
     # reproducible per (epoch, index), different across epochs
     assert torch.equal(ds[(5, 0)], ds[(5, 0)])
     assert not all(torch.equal(ds[(e, 1)], ds[(0, 1)]) for e in range(1, 6))
+
+
+def test_view_warmup_slides_the_second_window_from_the_first(coord_cache):
+    boxes = {"a_left.jpeg": [(30, 30, 33, 33)], "b_right.jpeg": [(10, 40, 14, 44)]}
+    plain = LesionPairDataset(coord_cache, boxes, PATCH, seed=3)
+    warm = LesionPairDataset(coord_cache, boxes, PATCH, seed=3, view_warmup_epochs=4)
+    assert [view_strength(e, 4) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert view_strength(0, 0) == 1.0
+    moved = 0
+    for epoch, index in itertools.product(range(6), range(2)):
+        box = list(boxes.values())[index][0]
+        reference, pair = plain[(epoch, index)].numpy(), warm[(epoch, index)].numpy()
+        np.testing.assert_array_equal(pair[0], reference[0])  # the first window: the same draws
+        start, end = reference[0, 0, 0, :2].astype(float), reference[1, 0, 0, :2].astype(float)
+        expected = np.round(start + view_strength(epoch, 4) * (end - start))
+        x0, y0 = (int(v) for v in pair[1, 0, 0, :2])
+        assert (x0, y0) == tuple(expected.astype(int)), (epoch, index)
+        assert x0 <= box[0] and box[2] <= x0 + PATCH and y0 <= box[1] and box[3] <= y0 + PATCH
+        moved += epoch in (1, 2, 3) and not np.array_equal(pair[1], reference[1])
+        if epoch == 0:
+            assert np.array_equal(pair[0], pair[1])  # one window twice
+        if epoch >= 4:
+            assert np.array_equal(pair, reference)  # then the paper's views
+    assert moved  # in between, the second window sits part of the way
 
 
 def test_index_and_cache_must_agree(coord_cache):

@@ -15,6 +15,7 @@ from lesioncl.pretrain.config import COLLAPSE_FRACTION, PretrainConfig
 from lesioncl.pretrain.schedule import WarmupCosine
 from lesioncl.pretrain.train import run_pretraining
 from lesioncl.pretrain.trainer import Trainer, TrainingInterrupted
+from lesioncl.pretrain.data import TRAIN_STREAM, VAL_STREAM
 from lesioncl.pretrain.toydata import write_toy_cache
 
 
@@ -257,3 +258,22 @@ def test_optimizers(toy, tmp_path):
     assert isinstance(adamw, torch.optim.AdamW) and decays == [(0.0, 3), (0.1, 1)]  # only the weight matrix
     with pytest.raises(ValueError, match="optimizer"):
         make_cfg(toy, tmp_path / "c", optimizer="lamb")
+
+
+def test_view_warmup_starts_from_identical_views(toy, tmp_path):
+    trainer = Trainer(make_cfg(toy, tmp_path / "vw", epochs=4, view_warmup_epochs=2))
+    batch = next(iter(trainer.train_loader))  # epoch 0: the two windows of a sample are one
+    assert torch.equal(batch[:, 0], batch[:, 1])
+    views = trainer.make_views(batch, 0, 0, TRAIN_STREAM)  # and not augmented
+    torch.testing.assert_close(views[:, 0], views[:, 1], rtol=0, atol=1e-6)
+    trainer.train_sampler.set_epoch(2)  # warm-up over: the paper's views
+    batch = next(iter(trainer.train_loader))
+    assert not torch.equal(batch[:, 0], batch[:, 1])
+    assert not torch.allclose(*trainer.make_views(batch, 2, 0, TRAIN_STREAM).unbind(1))
+    # validation views are the paper's from the first epoch
+    val = next(iter(trainer.val_loader))
+    assert not torch.allclose(*trainer.make_views(val, 0, 0, VAL_STREAM).unbind(1))
+    with pytest.raises(ValueError, match="view_warmup_epochs"):
+        make_cfg(toy, tmp_path, view_warmup_epochs=-1)
+    # part of what a run computes: a checkpoint of another warm-up is not resumed
+    assert trainer.fingerprint != Trainer(make_cfg(toy, tmp_path / "vw2", epochs=4)).fingerprint

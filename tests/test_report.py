@@ -96,6 +96,17 @@ def test_markdown_layout(result_files, tmp_path):
     assert len(back) == len(table)
 
 
+def test_fractions_not_configured_for_an_evaluation_have_no_row(result_files):
+    results, _ = load_results(result_files)
+    table = kappa_table(results, METHODS, FRACTIONS, fractions_of={"finetune": [1.0]})
+    finetune = table[table.evaluation == "finetune"]
+    assert set(finetune.fraction) == {1.0} and len(finetune) == len(METHODS)
+    assert set(table[table.evaluation == "linear"].fraction) == set(FRACTIONS)  # default: all
+    md = kappa_markdown(table, METHODS, FRACTIONS)
+    fine = md.split("## Fine-tuning")[1]
+    assert "| lesion_cl | – | 0.710 ± 0.014 |" in fine and "not run in this configuration" in md
+
+
 def test_bad_result_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{\"method\": \"x\"}")

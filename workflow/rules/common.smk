@@ -70,6 +70,12 @@ onstart:
     write_provenance(RESULTS, PROVENANCE, _ALLOW_CHANGE)
 
 
+# Priority of the rules on the path to pretraining (crops, crop caches, detector, lesion
+# index, pretraining): when cores are scarce they run first, and the baselines'
+# evaluations (which need no pretraining) wait.
+PATH_TO_PRETRAINING = 10
+
+
 def torch_device():
     """The config's device (auto | cpu | cuda); scripts resolve it (lesioncl.adapter)."""
     return config["device"]

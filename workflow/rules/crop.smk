@@ -51,6 +51,7 @@ rule crop_shard:
         f"{LOGS}/crop_shard/shard_{{shard}}.log",
     benchmark:
         f"{BENCH}/crop_shard/shard_{{shard}}.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: _CROP["workers"]
     resources:
         mem_mb=lambda wildcards, threads: 1000 + 500 * threads,
@@ -91,6 +92,7 @@ rule crop_merge:
         f"{LOGS}/crop_merge/crop_merge.log",
     benchmark:
         f"{BENCH}/crop_merge/crop_merge.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: 1
     resources:
         mem_mb=2000,
@@ -115,6 +117,7 @@ rule crop_cache:
         f"{LOGS}/crop_cache/{{split}}.log",
     benchmark:
         f"{BENCH}/crop_cache/{{split}}.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: max(1, config["pretrain"]["workers"])  # the loader's workers
     resources:
         mem_mb=2000,

@@ -42,6 +42,7 @@ rule detector_train:
         f"{LOGS}/detector_train/detector_train.log",
     benchmark:
         f"{BENCH}/detector_train/detector_train.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: _DET["workers"] + 2  # torch threads of the training process + loader workers
     resources:
         **gpu_resources("detector"),

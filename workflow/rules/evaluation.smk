@@ -17,6 +17,8 @@ EVAL_ARCH = config["pretrain"]["arch"]
 EVAL_FRACTIONS = [fraction_tag(f) for f in _EVAL["fractions"]]
 EVAL_SEEDS = list(_EVAL["seeds"])
 FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
+FINETUNE_FRACTIONS = eval_plan.finetune_fractions(_EVAL)  # null: all of EVAL_FRACTIONS
+FRACTIONS_OF = {"linear": EVAL_FRACTIONS, "finetune": FINETUNE_FRACTIONS}
 EVAL_METHODS = eval_plan.methods(_EVAL)
 EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
 eval_plan.check_methods(
@@ -29,7 +31,7 @@ EVAL_RESULTS = {
     ),
     "finetune": (
         eval_plan.run_files(
-            RESULTS, "finetune", EVAL_METHODS, EVAL_FRACTIONS, FINETUNE_SEEDS
+            RESULTS, "finetune", EVAL_METHODS, FINETUNE_FRACTIONS, FINETUNE_SEEDS
         )
         if "finetune" in EVALUATIONS
         else []

@@ -25,6 +25,7 @@ rule lesions_predict:
         f"{LOGS}/lesions_predict/shard_{{shard}}.log",
     benchmark:
         f"{BENCH}/lesions_predict/shard_{{shard}}.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: _LI["workers"] + 2
     resources:
         **gpu_resources("lesion_index"),
@@ -73,6 +74,7 @@ rule lesions_index:
         seed=config["seed"],
     log:
         f"{LOGS}/lesions_index/lesions_index.log",
+    priority: PATH_TO_PRETRAINING
     threads: 1
     resources:
         mem_mb=2000,

@@ -41,6 +41,7 @@ _PT_PARAMS = {
         "nesterov",
         "weight_decay",
         "warmup_epochs",
+        "view_warmup_epochs",
         "temperature",
         "proj_hidden",
         "proj_dim",
@@ -50,6 +51,10 @@ _PT_PARAMS = {
         "gpus",
     ]
 }
+
+
+# pretrain.seed: another pretraining seed without regenerating the data (null: the workflow's)
+PRETRAIN_SEED = config["seed"] if _PT.get("seed") is None else _PT["seed"]
 
 
 # A weights file the backbone starts from (init: path, or imagenet from a file).
@@ -90,12 +95,13 @@ rule pretrain_lesion:
         view_size=_PT["patch_size"],
         batch_size=_PT["batch_size"],
         train=_PT_PARAMS,
-        seed=config["seed"],
+        seed=PRETRAIN_SEED,
         device=torch_device(),
     log:
         f"{LOGS}/pretrain/lesion_cl.log",
     benchmark:
         f"{BENCH}/pretrain/lesion_cl.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),
@@ -135,12 +141,13 @@ rule pretrain_simclr:
         view_size=lambda wildcards: int(wildcards.size),
         batch_size=lambda wildcards: _SIMCLR_BATCH[int(wildcards.size)],
         train=_PT_PARAMS,
-        seed=config["seed"],
+        seed=PRETRAIN_SEED,
         device=torch_device(),
     log:
         f"{LOGS}/pretrain/simclr_{{size}}.log",
     benchmark:
         f"{BENCH}/pretrain/simclr_{{size}}.tsv"
+    priority: PATH_TO_PRETRAINING
     threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
         **gpu_resources("pretrain"),

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 PRETRAINED_METHODS = eval_plan.pretrained(EVAL_METHODS)
-LARGEST_FRACTION = max(EVAL_FRACTIONS, key=float)
+LARGEST_FINETUNE_FRACTION = max(FINETUNE_FRACTIONS, key=float)
 
 REPORT_TARGETS = [
     f"{RESULTS}/report/front_page.rst",
@@ -57,6 +57,7 @@ rule kappa_table:
     params:
         methods=EVAL_METHODS,
         fractions=[float(f) for f in EVAL_FRACTIONS],
+        fractions_of={e: [float(f) for f in FRACTIONS_OF[e]] for e in EVALUATIONS},
         evaluations=EVALUATIONS,
     log:
         f"{LOGS}/kappa_table/kappa_table.log",
@@ -145,7 +146,7 @@ rule pretrain_curves_plot:
 rule finetune_curves_plot:
     input:
         expand(
-            f"{RESULTS}/eval/finetune/{{method}}/frac{LARGEST_FRACTION}_seed{FINETUNE_SEEDS[0]}_history.csv",
+            f"{RESULTS}/eval/finetune/{{method}}/frac{LARGEST_FINETUNE_FRACTION}_seed{FINETUNE_SEEDS[0]}_history.csv",
             method=EVAL_METHODS,
         ),
     output:
@@ -157,7 +158,7 @@ rule finetune_curves_plot:
         ),
     params:
         methods=EVAL_METHODS,
-        title=f"Fine-tuning with {float(LARGEST_FRACTION) * 100:g}% of the labels, seed {FINETUNE_SEEDS[0]}",
+        title=f"Fine-tuning with {float(LARGEST_FINETUNE_FRACTION) * 100:g}% of the labels, seed {FINETUNE_SEEDS[0]}",
     log:
         f"{LOGS}/finetune_curves_plot/finetune_curves_plot.log",
     threads: 1

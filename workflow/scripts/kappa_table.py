@@ -9,6 +9,7 @@ def main(job):
         result_paths=list(job.input.linear) + list(job.input.finetune),
         methods=job.params.methods,
         fractions=job.params.fractions,
+        fractions_of=job.params.fractions_of,
         evaluations=job.params.evaluations,
         csv_path=job.output.csv,
         md_path=job.output.md,

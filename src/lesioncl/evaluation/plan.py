@@ -11,6 +11,8 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 
+from lesioncl.evaluation.fractions import fraction_tag
+
 #: Methods that need no pretraining rule (``lesion_cl`` has its own, ``pretrain_lesion``).
 BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
 _SIMCLR = re.compile(r"simclr_(\d+)")
@@ -39,6 +41,22 @@ def check_methods(names: Sequence[str], extra_weights: Mapping, simclr_sizes: Se
                 f"config: evaluation.methods has {method!r} but pretrain.simclr_sizes is "
                 f"{sizes}; add {m.group(1)} there or drop the method"
             )
+
+
+def finetune_fractions(evaluation: Mapping) -> list[str]:
+    """Tags of the fractions fine-tuned: ``evaluation.finetune.fractions``, or all of
+    ``evaluation.fractions`` when it is null; a clear config error for one that the
+    linear evaluation does not run (the fractions files are made for those)."""
+    linear = [fraction_tag(f) for f in evaluation["fractions"]]
+    chosen = evaluation["finetune"].get("fractions") or evaluation["fractions"]
+    tags = [fraction_tag(f) for f in chosen]
+    unknown = sorted(set(tags) - set(linear), key=float)
+    if unknown:
+        raise ValueError(
+            f"config: evaluation.finetune.fractions has {unknown}, which are not in "
+            f"evaluation.fractions {linear}; add them there or drop them"
+        )
+    return tags
 
 
 def pretrained(names: Sequence[str]) -> list[str]:

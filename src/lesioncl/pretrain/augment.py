@@ -5,6 +5,12 @@ Per view, in order: horizontal flip, vertical flip, ColorJitter(0.4, 0.4, 0.4, 0
 RandomResizedCrop(out, scale 0.8-1.2, ratio 0.8-1.2), RandomAffine(+-180 deg,
 translate 0.2), RandomGrayscale(0.2), normalisation with the EyePACS mean and std.
 
+``strength`` (``sample``/``__call__``, default 1) scales every one of them: the flip
+and greyscale probabilities, the jitter ranges, the crop's scale and ratio ranges
+around 1, the rotation and the translation. At 0 a view is its input, normalised; at
+1 it is the paper's, draw for draw (the random numbers drawn do not depend on the
+strength). The trainer's view warm-up (``pretrain.view_warmup_epochs``) ramps it.
+
 It runs on whole batches on the training device. Parameters are drawn on the CPU from
 a ``torch.Generator`` (reproducible, identical on CPU and GPU, no device syncs) and
 follow torchvision's sampling rules. Two differences, both deliberate:
@@ -128,10 +134,46 @@ class ViewAugment:
         self.mean, self.std = mean, std
 
     # ---- sampling (CPU) -------------------------------------------------------------
+    def scaled(self, strength: float) -> "ViewAugment":
+        """This augmentation with every range shrunk to the identity (``strength`` in [0, 1])."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
+        if strength == 1.0:
+            return self
+        r = float(strength)
+
+        def around_one(lo_hi: tuple[float, float], log: bool = False) -> tuple[float, float]:
+            if log:  # a ratio range, shrunk on the log scale
+                return (math.exp(r * math.log(lo_hi[0])), math.exp(r * math.log(lo_hi[1])))
+            return (1.0 - r * (1.0 - lo_hi[0]), 1.0 + r * (lo_hi[1] - 1.0))
+
+        return ViewAugment(
+            self.out_size,
+            jitter=tuple(v * r for v in self.jitter),
+            scale=around_one(self.scale),
+            ratio=around_one(self.ratio, log=True),
+            degrees=self.degrees * r,
+            translate=self.translate * r,
+            grayscale_p=self.grayscale_p * r,
+            flip_p=self.flip_p * r,
+            mean=self.mean,
+            std=self.std,
+        )
+
     def sample(
-        self, n: int, in_size: tuple[int, int], generator: torch.Generator | None = None
+        self,
+        n: int,
+        in_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        strength: float = 1.0,
     ) -> AugmentParams:
-        """Parameters of ``n`` views of ``in_size = (H, W)`` inputs, by torchvision's rules."""
+        """Parameters of ``n`` views of ``in_size = (H, W)`` inputs, by torchvision's rules.
+
+        ``strength`` < 1 samples from the ranges of :meth:`scaled`; the same random
+        numbers are drawn whatever the strength.
+        """
+        if strength != 1.0:
+            return self.scaled(strength).sample(n, in_size, generator)
         g = generator
 
         def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
@@ -193,13 +235,14 @@ class ViewAugment:
         generator: torch.Generator | None = None,
         positions: torch.Tensor | None = None,
         total: int | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Augment a uint8 ``(B, V, H, W, 3)`` batch into float ``(B, 2, 3, out, out)``.
 
         Parameters are drawn for ``total`` samples (default B) and the rows at
         ``positions`` (default 0..B-1) are used: under DDP every rank draws the
         global batch's parameters and takes its own, so the views do not depend on
-        the number of GPUs.
+        the number of GPUs. ``strength`` shrinks the augmentation (:meth:`scaled`).
         """
         if batch.dtype != torch.uint8 or batch.ndim != 5 or batch.shape[-1] != 3:
             raise ValueError(
@@ -224,7 +267,7 @@ class ViewAugment:
             raise ValueError(f"expected 1 or 2 views per sample, got {n_views}")
         total = n_samples if total is None else total
         positions = torch.arange(n_samples) if positions is None else positions.cpu()
-        params = self.sample(2 * total, tuple(x.shape[-2:]), generator)
+        params = self.sample(2 * total, tuple(x.shape[-2:]), generator, strength)
         params = params.take((positions.view(-1, 1) * 2 + torch.arange(2)).flatten())
         out = self.apply(x, params)
         return out.view(n_samples, 2, 3, self.out_size, self.out_size)

@@ -68,6 +68,9 @@ class PretrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: int = 0
+    # View warm-up: the two training views of a sample start identical (one window, not
+    # augmented) and grow apart linearly to the paper's views over these epochs (0: none).
+    view_warmup_epochs: int = 0
     temperature: float = 0.07
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -92,6 +95,8 @@ class PretrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
+        if self.view_warmup_epochs < 0:
+            raise ValueError(f"view_warmup_epochs must be >= 0, got {self.view_warmup_epochs}")
         if self.mode == "lesion" and not self.lesion_index:
             raise ValueError(
                 "lesion-based pretraining needs `lesion_index` (the lesion index pickle)"

@@ -2,7 +2,9 @@
 
 * :func:`sample_window` – where a lesion window goes (the geometry, unit-tested).
 * :class:`LesionPairDataset` – one sample per image and epoch: a random lesion box of
-  the image and two independent windows that each contain it (the paper's views).
+  the image and two independent windows that each contain it (the paper's views);
+  during a view warm-up the second window starts on the first and moves to its own
+  place (:func:`view_strength`).
 * :class:`WholeImageDataset` – the whole crop (SimCLR baseline; both views are made
   from it by the augmentation).
 * :class:`EpochSampler` – shuffles per epoch, shards across DDP ranks, and hands the
@@ -77,6 +79,17 @@ def sample_window(
     return int(rng.integers(ax, bx + 1)), int(rng.integers(ay, by + 1))
 
 
+def view_strength(epoch: int, warmup_epochs: int) -> float:
+    """How different the two views of a sample are in ``epoch`` (0-based) of a view warm-up.
+
+    Linear from 0 (epoch 0: two identical, unaugmented copies of one window) to 1 (the
+    paper's views) at ``warmup_epochs``; 1 throughout without a warm-up.
+    """
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, epoch / warmup_epochs)
+
+
 def sample_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one sample: independent streams for every (seed, stream, epoch, index)."""
     return np.random.default_rng([seed % 2**63, stream, epoch, index])
@@ -132,8 +145,10 @@ class LesionPairDataset(_CacheDataset):
         seed: int = 0,
         stream: int = TRAIN_STREAM,
         index_file: str | os.PathLike = "the lesion index",
+        view_warmup_epochs: int = 0,
     ):
         super().__init__(cache, seed, stream)
+        self.view_warmup_epochs = int(view_warmup_epochs)
         if patch > self.size:
             raise ValueError(
                 f"pretrain.patch_size {patch} is larger than the cached crops ({self.size} px, "
@@ -188,10 +203,12 @@ class LesionPairDataset(_CacheDataset):
         box = boxes[rng.integers(len(boxes))]
         image = self.images[row]
         p = self.patch
-        views = np.empty((2, p, p, 3), dtype=np.uint8)
-        for v in range(2):
-            x0, y0 = sample_window(box, p, self.size, self.size, rng)
-            views[v] = image[y0 : y0 + p, x0 : x0 + p]
+        (x0, y0), (x1, y1) = (sample_window(box, p, self.size, self.size, rng) for _ in range(2))
+        # view warm-up: the second window slides from the first one's place to its own; every
+        # start in between also contains the box (the valid starts form an interval per axis)
+        r = view_strength(epoch, self.view_warmup_epochs)
+        x1, y1 = int(round(x0 + r * (x1 - x0))), int(round(y0 + r * (y1 - y0)))
+        views = np.stack([image[y0 : y0 + p, x0 : x0 + p], image[y1 : y1 + p, x1 : x1 + p]])
         return torch.from_numpy(views)
 
 

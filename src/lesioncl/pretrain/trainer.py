@@ -24,6 +24,7 @@ from lesioncl.pretrain.data import (
     EpochSampler,
     LesionPairDataset,
     WholeImageDataset,
+    view_strength,
 )
 from lesioncl.pretrain.distributed import setup_distributed
 from lesioncl.pretrain.loss import SupConLoss
@@ -131,6 +132,7 @@ class Trainer(TrainerRecords):
                 cfg.seed,
                 TRAIN_STREAM,
                 index_file=f"{cfg.lesion_index} [train]",
+                view_warmup_epochs=cfg.view_warmup_epochs,
             )
             val = None
             if cfg.val_cache and index.get("val"):
@@ -291,6 +293,9 @@ class Trainer(TrainerRecords):
             global_step = epoch * self.steps_per_epoch + step
             lr = self.optimizer.param_groups[0]["lr"]
             views = self.make_views(batch, epoch, step, TRAIN_STREAM)
+            if self.writer is not None and self.cfg.view_warmup_epochs:
+                strength = view_strength(epoch, self.cfg.view_warmup_epochs)
+                self.writer.add_scalar("train/view_strength", strength, global_step)
             if step == start and self.cfg.log_images and (epoch == 0 or self.is_val_epoch(epoch)):
                 self.log_views(batch, views, global_step)
             loss_value, spread, stop = self.train_step(views, f"epoch {epoch + 1}, step {step + 1}")
@@ -365,13 +370,25 @@ class Trainer(TrainerRecords):
         return total / max(1, count)
 
     def make_views(self, batch: torch.Tensor, epoch: int, step: int, stream: int) -> torch.Tensor:
-        """uint8 (n, V, H, W, 3) -> augmented float (n, 2, 3, s, s) on the device, channels_last."""
+        """uint8 (n, V, H, W, 3) -> augmented float (n, 2, 3, s, s) on the device, channels_last.
+
+        Training views follow the view warm-up (:func:`.data.view_strength`): from random
+        weights the paper's views share too little for the loss to leave chance for
+        hundreds of steps, while views that start identical and grow apart are learned
+        from the first step (docs/demo-experiments.md). Validation views are always the
+        paper's, so validation losses stay comparable.
+        """
         n = batch.shape[0]
         batch = batch.to(self.device, non_blocking=True)
         generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, stream, epoch, step))
         # this rank's samples sit at global positions rank, rank + W, ... (EpochSampler)
         positions = torch.arange(n) * self.dist.world + self.dist.rank
-        views = self.augment(batch, generator, positions, total=n * self.dist.world)
+        strength = (
+            view_strength(epoch, self.cfg.view_warmup_epochs) if stream == TRAIN_STREAM else 1.0
+        )
+        views = self.augment(
+            batch, generator, positions, total=n * self.dist.world, strength=strength
+        )
         if self.cfg.channels_last:
             flat = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
             views = flat.unflatten(0, (n, 2))

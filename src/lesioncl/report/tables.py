@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -112,12 +112,18 @@ def kappa_table(
     methods: Sequence[str],
     fractions: Sequence[float],
     evaluations: Sequence[str] = EVALUATIONS,
+    fractions_of: Mapping[str, Sequence[float]] | None = None,
 ) -> pd.DataFrame:
-    """Aggregate over seeds: one row for every evaluation x method x fraction."""
+    """Aggregate over seeds: one row for every evaluation x method x fraction.
+
+    ``fractions_of`` names the fractions configured per evaluation (default: all of
+    ``fractions`` for each); a fraction not configured for an evaluation has no row.
+    """
     out = []
     for evaluation in evaluations:
+        configured = (fractions_of or {}).get(evaluation, fractions)
         for method in methods:
-            for fraction in fractions:
+            for fraction in configured:
                 sel = results
                 if len(results):
                     sel = results[
@@ -202,7 +208,9 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         "Mean ± std over seeds where more than one seed ran; in brackets the 95 % bootstrap "
         "interval over the test images (2,000 resamples; with several seeds, the average of "
         "their intervals). Model selection (epoch, weight decay) on the validation split only. "
-        "'skipped': the method could not run here (see kappa.csv, column skip_reason)."
+        "'skipped': the method could not run here (see kappa.csv, column skip_reason); "
+        "'–': not run in this configuration (e.g. a label fraction that is not in "
+        "evaluation.finetune.fractions)."
     )
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
     if table["test_kappa_tuned_mean"].notna().any():
@@ -255,11 +263,11 @@ def write_tables(table: pd.DataFrame, csv_path, md_path, methods, fractions) -> 
 
 
 def build_kappa_table(
-    result_paths, methods, fractions, evaluations, csv_path, md_path
+    result_paths, methods, fractions, evaluations, csv_path, md_path, fractions_of=None
 ) -> pd.DataFrame:
     """Rule kappa_table: every run JSON -> kappa.csv and kappa.md."""
     results, _ = load_results(result_paths)
-    table = kappa_table(results, methods, fractions, evaluations)
+    table = kappa_table(results, methods, fractions, evaluations, fractions_of)
     write_tables(table, csv_path, md_path, methods, fractions)
     for _, row in table.iterrows():
         log.info(

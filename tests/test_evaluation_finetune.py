@@ -35,9 +35,16 @@ def test_augment_default_is_random_bounded_and_seeded():
     c = aug(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
-    theta = aug.affine_matrices(1000, "cpu", torch.Generator().manual_seed(0))
-    det = torch.linalg.det(theta[:, :, :2])  # = area scale of the crop
-    assert det.min() >= 0.87 - 1e-4 and det.max() <= 1.15 + 1e-4
+    p = aug.sample(1000, (64, 64), torch.Generator().manual_seed(0))
+    area = p.crop[:, 2] * p.crop[:, 3] / 64**2  # of the resized crop, in integer pixels
+    # torchvision's RandomResizedCrop(scale 0.87-1.15): a crop larger than the image is
+    # redrawn, so no zoom-out; the sides are whole pixels (area within rounding of 0.87)
+    assert area.min() >= 0.87 - 0.04 and area.max() <= 1.0 and area.max() > 0.98
+    ratio = p.crop[:, 3] / p.crop[:, 2]
+    assert ratio.min() >= 0.7 - 0.05 and ratio.max() <= 1.3 + 0.05
+    b, c, s, h = p.jitter.unbind(1)
+    assert 0.8 <= b.min() and b.max() <= 1.2 and 0.8 <= c.min() and c.max() <= 1.2
+    assert (s == 1).all() and (h == 0).all()  # no saturation or hue jitter
 
 
 def _model():

@@ -1,23 +1,20 @@
-"""The fine-tuning augmentations, batched on the device with per-sample parameters
-(:class:`BatchAugment`): flips, brightness and contrast jitter, and one affine warp
-(random resized crop, rotation, translation).
+"""The fine-tuning augmentation: the authors' recipe as a setting of the one batched
+augmentation (:class:`lesioncl.augment.Augment`, shared with pretraining): flips,
+ColorJitter(brightness 0.2, contrast 0.2), RandomResizedCrop(scale 0.87-1.15, ratio
+0.7-1.3), rotation +-180 deg and translation 0.2, one view per image at its own size,
+not normalised (the loop normalises after it).
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
-log = logging.getLogger("lesioncl.evaluation.finetune")
+from lesioncl.augment import Augment
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The authors' fine-tuning augmentations."""
+    """The authors' fine-tuning augmentations (torchvision's argument names and ranges)."""
 
     hflip: float = 0.5
     vflip: float = 0.5
@@ -29,60 +26,22 @@ class AugmentConfig:
     translate: float = 0.2
 
 
-class BatchAugment:
-    """Random flips, brightness/contrast jitter and an affine warp, per sample, on a batch.
+class BatchAugment(Augment):
+    """The fine-tuning recipe on float NCHW batches in [0, 1] (output: same shape, in [0, 1]).
 
-    Input and output: float NCHW in [0, 1] (before normalisation), square images.
+    ``__call__(x, generator)`` draws from a CPU ``torch.Generator`` (the same images on
+    CPU and GPU).
     """
 
     def __init__(self, cfg: AugmentConfig = AugmentConfig()):
         self.cfg = cfg
-
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        cfg = self.cfg
-        n, dev = x.shape[0], x.device
-
-        def rand(*shape):
-            return torch.rand(*shape, device=dev, generator=gen)
-
-        # Flips.
-        hf = (rand(n) < cfg.hflip).view(n, 1, 1, 1)
-        x = torch.where(hf, x.flip(3), x)
-        vf = (rand(n) < cfg.vflip).view(n, 1, 1, 1)
-        x = torch.where(vf, x.flip(2), x)
-        # Brightness, then contrast around each image's mean grey level.
-        b = (1 + (rand(n) * 2 - 1) * cfg.brightness).view(n, 1, 1, 1)
-        x = (x * b).clamp_(0, 1)
-        c = (1 + (rand(n) * 2 - 1) * cfg.contrast).view(n, 1, 1, 1)
-        grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean((1, 2)).view(n, 1, 1, 1)
-        x = ((x - grey) * c + grey).clamp_(0, 1)
-        # Affine warp = resized crop, then rotation and translation (normalised coords).
-        theta = self.affine_matrices(n, dev, gen)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    def affine_matrices(self, n: int, dev, gen=None) -> torch.Tensor:
-        """(n, 2, 3) maps from output to input coordinates in [-1, 1]."""
-        cfg = self.cfg
-
-        def uniform(lo, hi):
-            return lo + (hi - lo) * torch.rand(n, device=dev, generator=gen)
-
-        area = uniform(*cfg.scale)
-        log_ratio = uniform(math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
-        ratio = log_ratio.exp()
-        w = (area * ratio).sqrt()  # crop size relative to the image side
-        h = (area / ratio).sqrt()
-        # Crop centre: anywhere that keeps the crop inside the image (centred when larger).
-        cx = (uniform(-1.0, 1.0)) * (1 - w).clamp(min=0)
-        cy = (uniform(-1.0, 1.0)) * (1 - h).clamp(min=0)
-        angle = uniform(-cfg.degrees, cfg.degrees) * math.pi / 180
-        tx = uniform(-cfg.translate, cfg.translate) * 2  # fraction of the side -> [-1, 1] units
-        ty = uniform(-cfg.translate, cfg.translate) * 2
-        cos, sin = angle.cos(), angle.sin()
-        # input = centre + S @ R^-1 @ (output - t), R^-1 = [[cos, sin], [-sin, cos]].
-        a11, a12 = w * cos, w * sin
-        a21, a22 = -h * sin, h * cos
-        b1 = cx - (a11 * tx + a12 * ty)
-        b2 = cy - (a21 * tx + a22 * ty)
-        return torch.stack([torch.stack([a11, a12, b1], 1), torch.stack([a21, a22, b2], 1)], 1)
+        super().__init__(
+            None,  # each batch keeps its size
+            jitter=(cfg.brightness, cfg.contrast, 0.0, 0.0),
+            scale=cfg.scale,
+            ratio=cfg.ratio,
+            degrees=cfg.degrees,
+            translate=cfg.translate,
+            hflip_p=cfg.hflip,
+            vflip_p=cfg.vflip,
+        )

@@ -13,15 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lesioncl.augment import EYEPACS_MEAN, EYEPACS_STD
+from lesioncl.augment import normalize as normalize_images
 from lesioncl.backbones import build_resnet
 from lesioncl.progress import progress
 from lesioncl.utils import atomic_path, seed_everything
 
 log = logging.getLogger(__name__)
 
-# EyePACS channel statistics used by the authors (docs/method.md), on [0, 1] RGB.
-EYEPACS_MEAN = (0.4258, 0.2974, 0.2129)
-EYEPACS_STD = (0.2767, 0.2024, 0.1686)
 BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
 
 
@@ -139,9 +138,7 @@ def to_float(batch: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """Subtract the EyePACS mean and divide by its std (x in [0, 1], NCHW)."""
-    mean = torch.tensor(EYEPACS_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(EYEPACS_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = normalize_images(x, EYEPACS_MEAN, EYEPACS_STD)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -5,13 +5,12 @@
   the validation split, reported separately).
 * SGD (lr 1e-3, Nesterov momentum 0.9, weight decay 5e-4), cosine schedule to 0
   over all iterations, 25 epochs, batch 16 (all from the config).
-* Augmentations, batched on the device (:class:`.augment.BatchAugment`): horizontal and
-  vertical flips, ColorJitter(brightness 0.2, contrast 0.2), a random resized crop
-  (area 0.87-1.15, aspect 0.7-1.3), rotation in ±180° and translation up to 0.2 of
-  the side. The crop, rotation and translation are composed into one affine warp
-  (one resampling, black fill like the fundus background). Unlike torchvision's
-  RandomResizedCrop, which falls back to a centre crop when a sampled crop is larger
-  than the image, an area above 1 is a genuine zoom-out here.
+* Augmentations, batched on the device (:class:`.augment.BatchAugment`, the same
+  operations as pretraining's, :mod:`lesioncl.augment`): horizontal and vertical
+  flips, ColorJitter(brightness 0.2, contrast 0.2), RandomResizedCrop(scale
+  0.87-1.15, ratio 0.7-1.3), rotation in ±180° and translation up to 0.2 of the side,
+  by torchvision's rules (a crop larger than the image is redrawn, so there is no
+  zoom-out), composed into one resampling (black fill like the fundus background).
 * The epoch with the best validation kappa is kept; the test split is scored once,
   with that epoch's weights.
 * bf16 autocast and channels_last on CUDA; automatic resume from a checkpoint
@@ -210,7 +209,7 @@ def finetune(
     for epoch in range(start_epoch + 1, s.epochs + 1):
         t0 = time.time()
         model.train()
-        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: augmentation draws
         total, seen = 0.0, 0
         bar = progress(
             _epoch_batches(dataset, s.batch_size, seed, epoch, s.workers, device, n_steps),

@@ -1,112 +1,45 @@
-"""The paper's view augmentation (docs/method.md), batched on tensors with per-view parameters.
+"""The paper's view augmentation (docs/method.md): two augmented views per sample.
 
 Per view, in order: horizontal flip, vertical flip, ColorJitter(0.4, 0.4, 0.4, 0.1)
 (always applied, its four operations in a random order per view, as torchvision),
 RandomResizedCrop(out, scale 0.8-1.2, ratio 0.8-1.2), RandomAffine(+-180 deg,
 translate 0.2), RandomGrayscale(0.2), normalisation with the EyePACS mean and std.
+The operations are :class:`lesioncl.augment.Augment`'s (the one augmentation that
+fine-tuning uses too); this module adds the pretraining recipe and the pairing: a
+batch of two windows per sample (lesion-based) or of one whole image that both views
+are made from (SimCLR baseline).
 
-``strength`` (``sample``/``__call__``, default 1) scales every one of them: the flip
+``strength`` (``sample``/``__call__``, default 1) scales every operation: the flip
 and greyscale probabilities, the jitter ranges, the crop's scale and ratio ranges
 around 1, the rotation and the translation. At 0 a view is its input, normalised; at
 1 it is the paper's, draw for draw (the random numbers drawn do not depend on the
 strength). The trainer's view warm-up (``pretrain.view_warmup_epochs``) ramps it.
 
-It runs on whole batches on the training device. Parameters are drawn on the CPU from
-a ``torch.Generator`` (reproducible, identical on CPU and GPU, no device syncs) and
-follow torchvision's sampling rules. Two differences, both deliberate:
-
-* the flips, the crop and the affine are composed into **one** bilinear resampling
-  (``grid_sample``), instead of three (torchvision's RandomAffine defaults to nearest
-  neighbour). The colour operations come first, as in the reference order; they act
-  per pixel or through the view's global mean, so moving the flips relative to them
-  changes nothing. Pixels the rotation brings in from outside are black (the
-  torchvision fill) before normalisation.
-* a whole image (SimCLR baseline) arrives already shrunk to the output size
-  (:class:`.data.WholeImageDataset`, area interpolation) or is resized here with an
-  anti-aliased resize, then cropped; a lesion window already has the output size.
+A whole image arrives already shrunk to the output size
+(:class:`.data.WholeImageDataset`, area interpolation) or is resized here with an
+anti-aliased resize, then cropped; a lesion window already has the output size.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-
 import torch
 import torch.nn.functional as F
 
-EYEPACS_MEAN = (0.4258, 0.2974, 0.2129)
-EYEPACS_STD = (0.2767, 0.2024, 0.1686)
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+from lesioncl.augment import (  # noqa: F401 - re-exported: the pretraining API
+    EYEPACS_MEAN,
+    EYEPACS_STD,
+    Augment,
+    AugmentParams,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    denormalize,
+    to_grayscale,
+)
 
 
-# --------------------------------------------------------------------------- colour ops
-# x: float (N, 3, H, W) in [0, 1]; factors: (N,) on x's device.
-def to_grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma."""
-    r, g, b = x.unbind(dim=1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
-
-
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * factor.view(-1, 1, 1, 1)).clamp(0, 1)
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)  # per view
-    f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * mean).clamp(0, 1)
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * to_grayscale(x)).clamp(0, 1)
-
-
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) per view, as an HSV round trip.
-
-    Rotating the hue keeps each pixel's max (V) and chroma (max - min), so the round
-    trip reduces to: hue h in sextants from the largest channel, then channel c =
-    max - chroma * clamp(min(k_c, 4 - k_c), 0, 1) with k_c = (n_c + h + 6 shift) mod 6,
-    n = (5, 3, 1) (the standard HSV -> RGB formula).
-    """
-    maxc, argmax = x.max(dim=1, keepdim=True)
-    chroma = maxc - x.amin(dim=1, keepdim=True)
-    # hue numerator when r, g or b is the largest channel: g - b, b - r, r - g
-    diff = x[:, [1, 2, 0]] - x[:, [2, 0, 1]]
-    h6 = torch.gather(diff, 1, argmax).div_(chroma.clamp_min(1e-12)).add_(argmax * 2.0)
-    h6 = h6.add_(6.0 * shift.view(-1, 1, 1, 1))
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(h6 + n, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return ramp.mul_(chroma).neg_().add_(maxc).clamp_(0.0, 1.0)
-
-
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-
-
-# --------------------------------------------------------------------------- parameters
-@dataclass
-class AugmentParams:
-    """Random parameters of N views (CPU tensors)."""
-
-    hflip: torch.Tensor  # (N,) bool
-    vflip: torch.Tensor  # (N,) bool
-    jitter_order: torch.Tensor  # (N, 4) long: a permutation of brightness/contrast/saturation/hue
-    jitter: torch.Tensor  # (N, 4) float: the four factors (hue as a shift)
-    crop: torch.Tensor  # (N, 4) float: top, left, height, width in input pixels
-    angle: torch.Tensor  # (N,) degrees
-    translate: torch.Tensor  # (N, 2) output pixels (dx, dy)
-    gray: torch.Tensor  # (N,) bool
-
-    def __len__(self) -> int:
-        return self.hflip.shape[0]
-
-    def take(self, index: torch.Tensor) -> "AugmentParams":
-        return AugmentParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-
-class ViewAugment:
+class ViewAugment(Augment):
     """Makes two augmented, normalised views per sample from a uint8 batch.
 
     ``__call__(batch)`` takes ``(B, V, H, W, 3)`` uint8 on any device (V = 2 windows, or
@@ -127,108 +60,20 @@ class ViewAugment:
         mean: tuple[float, float, float] = EYEPACS_MEAN,
         std: tuple[float, float, float] = EYEPACS_STD,
     ):
-        self.out_size = int(out_size)
-        self.jitter, self.scale, self.ratio = jitter, scale, ratio
-        self.degrees, self.translate = degrees, translate
-        self.grayscale_p, self.flip_p = grayscale_p, flip_p
-        self.mean, self.std = mean, std
-
-    # ---- sampling (CPU) -------------------------------------------------------------
-    def scaled(self, strength: float) -> "ViewAugment":
-        """This augmentation with every range shrunk to the identity (``strength`` in [0, 1])."""
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
-        if strength == 1.0:
-            return self
-        r = float(strength)
-
-        def around_one(lo_hi: tuple[float, float], log: bool = False) -> tuple[float, float]:
-            if log:  # a ratio range, shrunk on the log scale
-                return (math.exp(r * math.log(lo_hi[0])), math.exp(r * math.log(lo_hi[1])))
-            return (1.0 - r * (1.0 - lo_hi[0]), 1.0 + r * (lo_hi[1] - 1.0))
-
-        return ViewAugment(
-            self.out_size,
-            jitter=tuple(v * r for v in self.jitter),
-            scale=around_one(self.scale),
-            ratio=around_one(self.ratio, log=True),
-            degrees=self.degrees * r,
-            translate=self.translate * r,
-            grayscale_p=self.grayscale_p * r,
-            flip_p=self.flip_p * r,
-            mean=self.mean,
-            std=self.std,
+        super().__init__(
+            out_size,
+            jitter=jitter,
+            scale=scale,
+            ratio=ratio,
+            degrees=degrees,
+            translate=translate,
+            grayscale_p=grayscale_p,
+            hflip_p=flip_p,
+            vflip_p=flip_p,
+            mean=mean,
+            std=std,
         )
 
-    def sample(
-        self,
-        n: int,
-        in_size: tuple[int, int],
-        generator: torch.Generator | None = None,
-        strength: float = 1.0,
-    ) -> AugmentParams:
-        """Parameters of ``n`` views of ``in_size = (H, W)`` inputs, by torchvision's rules.
-
-        ``strength`` < 1 samples from the ranges of :meth:`scaled`; the same random
-        numbers are drawn whatever the strength.
-        """
-        if strength != 1.0:
-            return self.scaled(strength).sample(n, in_size, generator)
-        g = generator
-
-        def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
-
-        hflip = torch.rand(n, generator=g) < self.flip_p
-        vflip = torch.rand(n, generator=g) < self.flip_p
-        b, c, s, h = self.jitter
-        jitter_order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
-        jitter = torch.stack(
-            [
-                uniform(max(0.0, 1 - b), 1 + b, n),
-                uniform(max(0.0, 1 - c), 1 + c, n),
-                uniform(max(0.0, 1 - s), 1 + s, n),
-                uniform(-h, h, n),
-            ],
-            dim=1,
-        ).float()
-        crop = self._sample_crop(n, in_size, uniform, g)
-        angle = uniform(-self.degrees, self.degrees, n).float()
-        max_d = self.translate * self.out_size
-        translate = torch.round(uniform(-max_d, max_d, n, 2)).float()
-        gray = torch.rand(n, generator=g) < self.grayscale_p
-        return AugmentParams(hflip, vflip, jitter_order, jitter, crop, angle, translate, gray)
-
-    def _sample_crop(self, n, in_size, uniform, g, attempts: int = 10) -> torch.Tensor:
-        """RandomResizedCrop.get_params, vectorised: ``attempts`` tries, then a central crop."""
-        height, width = in_size
-        area = height * width
-        target = area * uniform(self.scale[0], self.scale[1], n, attempts)
-        log_r = uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), n, attempts)
-        aspect = torch.exp(log_r)
-        w = torch.round(torch.sqrt(target * aspect))
-        h = torch.round(torch.sqrt(target / aspect))
-        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = ok.to(torch.int8).argmax(dim=1)
-        rows = torch.arange(n)
-        w, h, found = w[rows, first], h[rows, first], ok[rows, first]
-        # fallback: the whole image, clamped to the ratio range (torchvision's central crop)
-        in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            fw, fh = width, round(width / self.ratio[0])
-        elif in_ratio > self.ratio[1]:
-            fw, fh = round(height * self.ratio[1]), height
-        else:
-            fw, fh = width, height
-        w = torch.where(found, w, torch.full_like(w, fw))
-        h = torch.where(found, h, torch.full_like(h, fh))
-        top = torch.floor(torch.rand(n, generator=g, dtype=torch.float64) * (height - h + 1))
-        left = torch.floor(torch.rand(n, generator=g, dtype=torch.float64) * (width - w + 1))
-        top = torch.where(found, top, torch.round((height - h) / 2))
-        left = torch.where(found, left, torch.round((width - w) / 2))
-        return torch.stack([top, left, h, w], dim=1).float()
-
-    # ---- application (device) -------------------------------------------------------
     def __call__(
         self,
         batch: torch.Tensor,
@@ -271,69 +116,3 @@ class ViewAugment:
         params = params.take((positions.view(-1, 1) * 2 + torch.arange(2)).flatten())
         out = self.apply(x, params)
         return out.view(n_samples, 2, 3, self.out_size, self.out_size)
-
-    def apply(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """Augment float views ``(N, 3, H, W)`` in [0, 1] -> normalised ``(N, 3, out, out)``."""
-        x = self.color_jitter(x, params)
-        x = self.warp(x, params)
-        gray = params.gray.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
-        x = torch.where(gray, to_grayscale(x).expand_as(x), x)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-    def color_jitter(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """The four colour operations in each view's own random order."""
-        x = x.clone()
-        factors = params.jitter.to(x.device, non_blocking=True)
-        for step in range(4):
-            for op_id, op in enumerate(_JITTER_OPS):
-                idx = torch.nonzero(params.jitter_order[:, step] == op_id).flatten()  # CPU: no sync
-                if idx.numel() == 0:
-                    continue
-                idx = idx.to(x.device, non_blocking=True)
-                x[idx] = op(x[idx], factors[idx, op_id])
-        return x
-
-    def warp(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """Flips, resized crop and affine as one bilinear resampling to ``out`` x ``out``."""
-        n, _, height, width = x.shape
-        out = self.out_size
-        dev = x.device
-        # output pixel centres (u, v) in continuous pixel coordinates
-        ramp = torch.arange(out, device=dev, dtype=torch.float32) + 0.5
-        vv, uu = torch.meshgrid(ramp, ramp, indexing="ij")
-        base = torch.stack((uu, vv), dim=-1).view(1, out * out, 2)  # (1, P, 2) as (x, y)
-
-        # inverse affine: p2 = R(-angle) (p3 - c - t) + c, rotating about the centre
-        rad = torch.deg2rad(params.angle).to(dev, non_blocking=True)
-        cos, sin = torch.cos(rad), torch.sin(rad)
-        rot_inv = torch.stack(
-            (torch.stack((cos, sin), -1), torch.stack((-sin, cos), -1)), -2
-        )  # (N, 2, 2)
-        centre = out / 2.0
-        t = params.translate.to(dev, non_blocking=True).view(n, 1, 2)
-        p2 = torch.einsum("nij,npj->npi", rot_inv, base - centre - t) + centre  # (N, P, 2)
-        inside = ((p2 >= 0) & (p2 < out)).all(dim=-1)  # rotation fill: black outside
-
-        # resized crop: p1 = (left, top) + p2 * (w, h) / out
-        crop = params.crop.to(dev, non_blocking=True)
-        origin = torch.stack((crop[:, 1], crop[:, 0]), -1).view(n, 1, 2)
-        extent = torch.stack((crop[:, 3], crop[:, 2]), -1).view(n, 1, 2)
-        p1 = origin + p2 * (extent / out)
-        # flips of the input
-        size = torch.tensor((width, height), device=dev, dtype=torch.float32)
-        flip = (
-            torch.stack((params.hflip, params.vflip), -1).to(dev, non_blocking=True).view(n, 1, 2)
-        )
-        p0 = torch.where(flip, size - p1, p1)
-        grid = (p0 * (2.0 / size) - 1.0).view(n, out, out, 2)
-        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return warped * inside.view(n, 1, out, out).to(warped.dtype)
-
-
-def denormalize(x: torch.Tensor, mean=EYEPACS_MEAN, std=EYEPACS_STD) -> torch.Tensor:
-    """Normalised views back to [0, 1] for display."""
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * s + m).clamp(0, 1)

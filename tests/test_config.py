@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 from pathlib import Path
 
 import jsonschema
@@ -46,6 +48,38 @@ def test_every_setting_has_a_default():
 
     walk(SCHEMA, "")
     assert not missing, f"schema properties without a default: {missing}"
+
+
+# Each stage's settings dataclass (CONTRIBUTING.md "One rule for config"): its fields and
+# the config keys the rule fills them from. Its defaults are the schema's (the paper's).
+SETTINGS_SOURCES = {
+    "lesioncl.lesions:PredictSettings": {"size": "crop.size", "batch_size": "lesion_index.batch_size"},
+    "lesioncl.lesions:IndexSettings": {
+        **{k: f"lesion_index.{k}" for k in ("score_threshold", "max_box_size", "border_margin", "qc_images")},
+        "size": "crop.size", "seed": "seed",
+    },
+}
+
+
+def _schema_default(dotted: str):
+    node = SCHEMA
+    for key in dotted.split("."):
+        node = node["properties"][key]
+        if "$ref" in node:
+            node = {**SCHEMA["$defs"][node["$ref"].split("/")[-1]], **node}
+    return node["default"]
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS_SOURCES))
+def test_settings_defaults_are_the_schema_defaults(name):
+    module, cls = name.split(":")
+    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    sources = SETTINGS_SOURCES[name]
+    assert set(fields) == set(sources)
+    for key, field in fields.items():
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        expected = _schema_default(sources[key])
+        assert (list(default) if isinstance(default, tuple) else default) == expected, key
 
 
 def _write(tmp_path: Path, mutate) -> Path:

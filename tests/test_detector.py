@@ -234,7 +234,7 @@ def test_tiny_training_publishes_a_plain_state_dict_and_metrics(trained):
 def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     """Batched inference over a manifest: boxes come back in det coordinates and are
     rescaled per axis into the square crops."""
-    from lesioncl.lesions import predict_shard
+    from lesioncl.lesions import PredictSettings, predict_shard
 
     root, out, _ = trained
     rows = []
@@ -247,7 +247,7 @@ def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     manifest = tmp_path / "crop_manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     table = predict_shard(manifest, out / "mmdet_config.py", out / "model.pth", tmp_path / "s0.csv",
-                          shard=0, n_shards=2, size=64, batch_size=2, device="cpu")
+                          shard=0, n_shards=2, settings=PredictSettings(size=64, batch_size=2), device="cpu")
     # shard 0 of the train+val rows (0_left, 1_left, 3_left): 0_left and 3_left
     assert set(table["image"]) <= {"0_left", "3_left"}
     back = pd.read_csv(tmp_path / "s0.csv")
@@ -261,7 +261,7 @@ def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     pd.DataFrame(rows).to_csv(manifest, index=False)
     with pytest.raises(ValueError, match="swapped"):
         predict_shard(manifest, out / "mmdet_config.py", out / "model.pth", tmp_path / "s1.csv",
-                      shard=0, n_shards=2, size=64, batch_size=2, device="cpu")
+                      shard=0, n_shards=2, settings=PredictSettings(size=64, batch_size=2), device="cpu")
 
 
 @pytest.mark.timeout(600)

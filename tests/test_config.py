@@ -58,6 +58,13 @@ SETTINGS_SOURCES = {
         **{k: f"lesion_index.{k}" for k in ("score_threshold", "max_box_size", "border_margin", "qc_images")},
         "size": "crop.size", "seed": "seed",
     },
+    "lesioncl.evaluation.linear:LinearSettings": {
+        k: f"evaluation.linear.{k}" for k in ("epochs", "lr", "weight_decays", "batch_size", "class_balanced")
+    },
+    "lesioncl.evaluation.features:FeatureSettings": {
+        "seed": "seed", "input_size": "evaluation.input_size",
+        "batch_size": "evaluation.feature_batch_size", "amp": "evaluation.amp",
+    },
 }
 
 

@@ -65,6 +65,9 @@ SETTINGS_SOURCES = {
         "seed": "seed", "input_size": "evaluation.input_size",
         "batch_size": "evaluation.feature_batch_size", "amp": "evaluation.amp",
     },
+    "lesioncl.idrid:CocoSettings": {
+        k: f"idrid.{k}" for k in ("mask_threshold", "max_size", "min_box_size", "qc_images")
+    },
 }
 
 

@@ -68,6 +68,15 @@ SETTINGS_SOURCES = {
     "lesioncl.idrid:CocoSettings": {
         k: f"idrid.{k}" for k in ("mask_threshold", "max_size", "min_box_size", "qc_images")
     },
+    "lesioncl.synthetic:EyepacsSetSettings": {
+        **{k: f"synthetic.eyepacs.{k}" for k in ("n_train", "n_test", "min_height", "max_height", "bad_files",
+                                                 "grade_distribution", "public_fraction")},
+        "seed": "seed", "texture": "synthetic.texture",
+    },
+    "lesioncl.synthetic:IdridSetSettings": {
+        **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
+        "seed": "seed", "texture": "synthetic.texture",
+    },
 }
 
 

@@ -77,6 +77,9 @@ SETTINGS_SOURCES = {
         **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
         "seed": "seed", "texture": "synthetic.texture",
     },
+    "lesioncl.detector.qc:DetectorQcSettings": {
+        "n_images": "detector.qc_images", "score_threshold": "lesion_index.score_threshold",
+    },
 }
 
 

@@ -234,7 +234,7 @@ def test_tiny_training_publishes_a_plain_state_dict_and_metrics(trained):
 def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     """Batched inference over a manifest: boxes come back in det coordinates and are
     rescaled per axis into the square crops."""
-    from lesioncl.lesions import predict_shard
+    from lesioncl.lesions import PredictSettings, predict_shard
 
     root, out, _ = trained
     rows = []
@@ -247,7 +247,7 @@ def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     manifest = tmp_path / "crop_manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     table = predict_shard(manifest, out / "mmdet_config.py", out / "model.pth", tmp_path / "s0.csv",
-                          shard=0, n_shards=2, size=64, batch_size=2, device="cpu")
+                          shard=0, n_shards=2, settings=PredictSettings(size=64, batch_size=2), device="cpu")
     # shard 0 of the train+val rows (0_left, 1_left, 3_left): 0_left and 3_left
     assert set(table["image"]) <= {"0_left", "3_left"}
     back = pd.read_csv(tmp_path / "s0.csv")
@@ -261,13 +261,13 @@ def test_predict_shard_rescales_non_square_crops(trained, tmp_path):
     pd.DataFrame(rows).to_csv(manifest, index=False)
     with pytest.raises(ValueError, match="swapped"):
         predict_shard(manifest, out / "mmdet_config.py", out / "model.pth", tmp_path / "s1.csv",
-                      shard=0, n_shards=2, size=64, batch_size=2, device="cpu")
+                      shard=0, n_shards=2, settings=PredictSettings(size=64, batch_size=2), device="cpu")
 
 
 @pytest.mark.timeout(600)
 def test_detector_qc_draws_truth_beside_predictions(trained, tmp_path):
     """The QC figure of rule detector_qc: chosen test images, ground truth | predictions."""
-    from lesioncl.detector.qc import choose_test_images, draw_detector_qc
+    from lesioncl.detector.qc import DetectorQcSettings, choose_test_images, draw_detector_qc
 
     root, out, _ = trained
     coco = json.loads((root / "coco_test.json").read_text())
@@ -277,7 +277,7 @@ def test_detector_qc_draws_truth_beside_predictions(trained, tmp_path):
     assert [im["id"] for im in choose_test_images(coco, 1)] == [2]
     png = tmp_path / "qc.png"
     drawn = draw_detector_qc(out / "mmdet_config.py", out / "model.pth", test_ann, root / "images" / "test",
-                             png, n_images=2, score_threshold=0.0, device="cpu")
+                             png, settings=DetectorQcSettings(n_images=2, score_threshold=0.0), device="cpu")
     assert [d["image"] for d in drawn["images"]] == ["IDRiD_01.jpg", "IDRiD_00.jpg"]
     assert drawn["images"][0]["truth_boxes"] == 4 and drawn["images"][1]["truth_boxes"] == 0
     # score threshold 0 keeps every box the detector returned
@@ -285,7 +285,8 @@ def test_detector_qc_draws_truth_beside_predictions(trained, tmp_path):
     with Image.open(png) as im:
         assert im.width > 2 * im.height / 2 and im.width > 600  # two panels per row
     strict = draw_detector_qc(out / "mmdet_config.py", out / "model.pth", test_ann, root / "images" / "test",
-                              tmp_path / "qc2.png", n_images=2, score_threshold=1.01, device="cpu")
+                              tmp_path / "qc2.png", settings=DetectorQcSettings(n_images=2, score_threshold=1.01),
+                              device="cpu")
     assert all(d["predicted_boxes"] == 0 for d in strict["images"])
     with pytest.raises(FileNotFoundError, match="rerun rule idrid_coco"):
         draw_detector_qc(out / "mmdet_config.py", out / "model.pth", test_ann, tmp_path / "nowhere",

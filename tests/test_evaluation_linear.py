@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from lesioncl.evaluation.features import (
+    FeatureSettings,
     MethodUnavailable,
     build_method_backbone,
     load_crop_cache,
@@ -20,7 +21,7 @@ from lesioncl.evaluation.features import (
     save_features,
 )
 from lesioncl.evaluation.fractions import sample_fractions
-from lesioncl.evaluation.linear import linear_evaluation, run_linear, standardize
+from lesioncl.evaluation.linear import LinearSettings, linear_evaluation, run_linear, standardize
 
 
 def _authors_format(path, arch="resnet18"):
@@ -101,7 +102,8 @@ def test_feature_extraction_and_skip(tmp_path, monkeypatch):
     out = tmp_path / "feats" / "train.npz"
     info = run_feature_extraction(
         method="authors", split="train", images_npy=npy, images_csv=csv, output=out,
-        arch="resnet18", weights=weights, input_size=32, batch_size=4, amp=True, channels_last=True,
+        arch="resnet18", weights=weights, settings=FeatureSettings(input_size=32, batch_size=4, amp=True),
+        channels_last=True,
     )
     assert info["shape"] == [6, 512]
     feats = load_features(out)
@@ -112,7 +114,7 @@ def test_feature_extraction_and_skip(tmp_path, monkeypatch):
     out2 = tmp_path / "feats" / "train2.npz"
     run_feature_extraction(
         method="authors", split="train", images_npy=npy, images_csv=csv, output=out2,
-        arch="resnet18", weights=weights, input_size=32, batch_size=5,
+        arch="resnet18", weights=weights, settings=FeatureSettings(input_size=32, batch_size=5),
     )
     assert np.allclose(load_features(out2)["features"], feats["features"], atol=1e-4)
 
@@ -120,7 +122,7 @@ def test_feature_extraction_and_skip(tmp_path, monkeypatch):
     skipped = tmp_path / "feats" / "imagenet.npz"
     info = run_feature_extraction(
         method="imagenet", split="train", images_npy=npy, images_csv=csv, output=skipped,
-        arch="resnet18", input_size=32,
+        arch="resnet18", settings=FeatureSettings(input_size=32),
     )
     assert info["skipped"] and load_features(skipped)["skipped"].startswith("ImageNet weights")
 
@@ -180,7 +182,7 @@ def test_run_linear_files_and_skipped(tmp_path):
     res = run_linear(
         method="m", fraction=0.5, seed=0, train_features=paths["train"], val_features=paths["val"],
         test_features=paths["test"], fractions_csv=tmp_path / "seed0.csv", output=out,
-        epochs=20, weight_decays=[0.0], tensorboard_dir=tmp_path / "tb",
+        settings=LinearSettings(epochs=20, weight_decays=[0.0]), tensorboard_dir=tmp_path / "tb",
     )
     saved = json.loads(out.read_text())
     assert saved["skipped"] is False and saved["evaluation"] == "linear"
@@ -195,3 +197,9 @@ def test_run_linear_files_and_skipped(tmp_path):
                fractions_csv=tmp_path / "seed0.csv", output=out)
     saved = json.loads(out.read_text())
     assert saved["skipped"] is True and saved["skip_reason"] == "no weights"
+
+
+def test_linear_settings_keep_the_grid_as_a_tuple():
+    """The rule hands the YAML list over; the frozen settings hold (and hash) a tuple."""
+    settings = LinearSettings(weight_decays=[0.0, 0.1])
+    assert settings.weight_decays == (0.0, 0.1) and hash(settings) == hash(LinearSettings(weight_decays=(0.0, 0.1)))

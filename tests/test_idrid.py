@@ -15,6 +15,7 @@ from PIL import Image
 
 from lesioncl import idrid
 from lesioncl.idrid import (
+    CocoSettings,
     IdridLayoutError,
     binarise,
     build_idrid_coco,
@@ -99,7 +100,7 @@ def run(source, out: Path, **kw) -> dict:
         out / "images",
         out / "summary.json",
         qc_path=out / "qc.png",
-        **kw,
+        settings=CocoSettings(**kw),
     )
 
 

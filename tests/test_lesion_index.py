@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from lesioncl.adapter import Job
 from lesioncl.lesions import (
     DETECTION_COLUMNS,
+    IndexSettings,
     build_lesion_index,
     filter_reasons,
     load_lesion_index,
@@ -216,7 +219,7 @@ def test_build_lesion_index_end_to_end(tmp_path):
     out = {n: tmp_path / "out" / n for n in ("i.pkl", "i.json", "s.json", "h.png", "qc.png")}
     summary = build_lesion_index(paths, manifest, out_pkl=out["i.pkl"], out_json=out["i.json"],
                                  out_summary=out["s.json"], out_histogram=out["h.png"],
-                                 out_qc=out["qc.png"], qc_images=4, **filt)
+                                 out_qc=out["qc.png"], settings=IndexSettings(qc_images=4, **filt))
     with open(out["i.pkl"], "rb") as fh:
         plain = pickle.load(fh)  # the authors' loader: plain pickle
     assert plain == {"train": {"0_left.jpeg": [(10.0, 10.0, 20.0, 20.0), (30.0, 30.0, 40.0, 44.0)]},
@@ -246,7 +249,7 @@ def test_build_lesion_index_rejects_stale_shards(tmp_path):
     with pytest.raises(ValueError, match="stale"):
         build_lesion_index([shard], manifest, out_pkl=tmp_path / "a", out_json=tmp_path / "b",
                            out_summary=tmp_path / "c", out_histogram=tmp_path / "d", out_qc=tmp_path / "e",
-                           score_threshold=0.5, max_box_size=8, border_margin=0, size=8)
+                           settings=IndexSettings(score_threshold=0.5, max_box_size=8, border_margin=0, size=8))
 
 
 def test_build_lesion_index_with_no_detections(tmp_path):
@@ -258,7 +261,17 @@ def test_build_lesion_index_with_no_detections(tmp_path):
     out = {n: tmp_path / n for n in ("i.pkl", "i.json", "s.json", "h.png", "qc.png")}
     summary = build_lesion_index([shard], manifest, out_pkl=out["i.pkl"], out_json=out["i.json"],
                                  out_summary=out["s.json"], out_histogram=out["h.png"], out_qc=out["qc.png"],
-                                 score_threshold=0.5, max_box_size=8, border_margin=0, size=8)
+                                 settings=IndexSettings(score_threshold=0.5, max_box_size=8, border_margin=0, size=8))
     assert load_lesion_index(out["i.pkl"]) == {"train": {}, "val": {}}
     assert summary["splits"]["val"]["images_without_boxes"] == 2
     assert summary["detections"] == 0 and out["qc.png"].is_file()
+
+
+def test_index_settings_check_the_margin_and_name_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"border_margin=32 must lie in \[0, size/2=32.0\)"):
+        IndexSettings(border_margin=32, size=64)
+    smk = SimpleNamespace(input=[], output=[], wildcards={}, threads=1, log=[], config={},
+                          rule="lesions_index",
+                          params=SimpleNamespace(settings={"score_threshold": 0.3, "max_boxsize": 32}))
+    with pytest.raises(ValueError, match=r"unknown IndexSettings settings \['max_boxsize'\]"):
+        Job(smk).settings(IndexSettings)

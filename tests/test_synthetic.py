@@ -16,7 +16,9 @@ from lesioncl.synthetic import (
     IDRID_MASK_TYPES,
     LESION_KINDS,
     SIZES_AT_512,
+    EyepacsSetSettings,
     Geometry,
+    IdridSetSettings,
     eyepacs_geometry,
     generate_eyepacs,
     generate_idrid,
@@ -44,7 +46,8 @@ IDRID_KW = dict(n_train=3, n_test=2, height=240)
 
 def _eyepacs(root: Path, seed: int) -> Path:
     out = root / "eyepacs"
-    generate_eyepacs(out, root / "truth.csv", root / "lesions.csv", root / "qc.png", seed=seed, **EYEPACS_KW)
+    generate_eyepacs(out, root / "truth.csv", root / "lesions.csv", root / "qc.png",
+                     settings=EyepacsSetSettings(seed=seed, **EYEPACS_KW))
     return root
 
 
@@ -67,7 +70,7 @@ def eyepacs_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def idrid_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("idrid_a")
-    generate_idrid(root / "idrid", root / "truth.csv", root / "qc.png", seed=7, **IDRID_KW)
+    generate_idrid(root / "idrid", root / "truth.csv", root / "qc.png", settings=IdridSetSettings(seed=7, **IDRID_KW))
     return root
 
 
@@ -372,11 +375,11 @@ def test_idrid_masks_are_the_drawn_lesions(idrid_run):
 
 
 def test_idrid_deterministic(idrid_run, tmp_path):
-    generate_idrid(tmp_path / "idrid", tmp_path / "truth.csv", None, seed=7, **IDRID_KW)
+    generate_idrid(tmp_path / "idrid", tmp_path / "truth.csv", None, settings=IdridSetSettings(seed=7, **IDRID_KW))
     assert _hashes(tmp_path / "idrid") == _hashes(idrid_run / "idrid")
 
 
 def test_parallel_workers_write_the_same_bytes(eyepacs_run, tmp_path):
     generate_eyepacs(tmp_path / "eyepacs", tmp_path / "truth.csv", tmp_path / "lesions.csv",
-                     tmp_path / "qc.png", seed=7, workers=2, **EYEPACS_KW)
+                     tmp_path / "qc.png", settings=EyepacsSetSettings(seed=7, **EYEPACS_KW), workers=2)
     assert _hashes(tmp_path) == _hashes(eyepacs_run)

@@ -70,8 +70,10 @@ rule detector_qc:
             category="Lesion detector",
         ),
     params:
-        n_images=_DET["qc_images"],
-        score_threshold=config["lesion_index"]["score_threshold"],
+        settings=dict(
+            n_images=_DET["qc_images"],
+            score_threshold=config["lesion_index"]["score_threshold"],
+        ),
         device="cpu",
     log:
         f"{LOGS}/detector_qc/detector_qc.log",

@@ -74,11 +74,13 @@ rule eval_features:
         split=r"train|val|test",
     params:
         arch=EVAL_ARCH,
-        seed=config["seed"],
         imagenet_weights=_EVAL["imagenet_weights"],
-        input_size=_EVAL["input_size"],
-        batch_size=_EVAL["feature_batch_size"],
-        amp=_EVAL["amp"],
+        settings=dict(
+            seed=config["seed"],
+            input_size=_EVAL["input_size"],
+            batch_size=_EVAL["feature_batch_size"],
+            amp=_EVAL["amp"],
+        ),
         device=torch_device(),
     log:
         f"{LOGS}/eval_features/{{method}}/{{split}}.log",
@@ -110,11 +112,10 @@ rule eval_linear:
         fraction=r"[0-9.]+",
         seed=r"\d+",
     params:
-        epochs=_LIN["epochs"],
-        lr=_LIN["lr"],
-        weight_decays=_LIN["weight_decays"],
-        batch_size=_LIN["batch_size"],
-        class_balanced=_LIN["class_balanced"],
+        settings={
+            k: _LIN[k]
+            for k in ("epochs", "lr", "weight_decays", "batch_size", "class_balanced")
+        },
         tensorboard=f"{LOGS}/tensorboard/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}",
     log:
         f"{LOGS}/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}.log",

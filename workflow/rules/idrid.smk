@@ -17,10 +17,10 @@ rule idrid_coco:
             category="IDRiD lesion boxes",
         ),
     params:
-        mask_threshold=config["idrid"]["mask_threshold"],
-        max_size=config["idrid"]["max_size"],
-        min_box_size=config["idrid"]["min_box_size"],
-        qc_images=config["idrid"]["qc_images"],
+        settings={
+            k: config["idrid"][k]
+            for k in ("mask_threshold", "max_size", "min_box_size", "qc_images")
+        },
     log:
         f"{LOGS}/idrid_coco/idrid_coco.log",
     benchmark:

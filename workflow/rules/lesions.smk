@@ -18,8 +18,7 @@ rule lesions_predict:
         shard=r"\d+",
     params:
         n_shards=_LI["n_shards"],
-        batch_size=_LI["batch_size"],
-        size=config["crop"]["size"],
+        settings=dict(batch_size=_LI["batch_size"], size=config["crop"]["size"]),
         device=torch_device(),
     log:
         f"{LOGS}/lesions_predict/shard_{{shard}}.log",
@@ -66,12 +65,14 @@ rule lesions_index:
             category="Lesion index",
         ),
     params:
-        score_threshold=_LI["score_threshold"],
-        max_box_size=_LI["max_box_size"],
-        border_margin=_LI["border_margin"],
-        size=config["crop"]["size"],
-        qc_images=_LI["qc_images"],
-        seed=config["seed"],
+        settings=dict(
+            score_threshold=_LI["score_threshold"],
+            max_box_size=_LI["max_box_size"],
+            border_margin=_LI["border_margin"],
+            size=config["crop"]["size"],
+            qc_images=_LI["qc_images"],
+            seed=config["seed"],
+        ),
     log:
         f"{LOGS}/lesions_index/lesions_index.log",
     priority: PATH_TO_PRETRAINING

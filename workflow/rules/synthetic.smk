@@ -3,6 +3,9 @@
 # The images carry their grade only through their lesions.
 
 _SYN = config["synthetic"]
+# Each generator's settings (EyepacsSetSettings, IdridSetSettings): the workflow's seed,
+# synthetic.texture and its whole synthetic.<set> section (every key decides the images;
+# synthetic.workers only how fast they are drawn).
 
 
 rule synthetic_eyepacs:
@@ -16,15 +19,7 @@ rule synthetic_eyepacs:
             category="Synthetic data",
         ),
     params:
-        seed=config["seed"],
-        n_train=_SYN["eyepacs"]["n_train"],
-        n_test=_SYN["eyepacs"]["n_test"],
-        min_height=_SYN["eyepacs"]["min_height"],
-        max_height=_SYN["eyepacs"]["max_height"],
-        bad_files=_SYN["eyepacs"]["bad_files"],
-        grade_distribution=_SYN["eyepacs"]["grade_distribution"],
-        public_fraction=_SYN["eyepacs"]["public_fraction"],
-        texture=_SYN["texture"],
+        settings={"seed": config["seed"], "texture": _SYN["texture"], **_SYN["eyepacs"]},
     log:
         f"{LOGS}/synthetic_eyepacs/synthetic_eyepacs.log",
     benchmark:
@@ -49,12 +44,7 @@ rule synthetic_idrid:
             category="Synthetic data",
         ),
     params:
-        seed=config["seed"],
-        n_train=_SYN["idrid"]["n_train"],
-        n_test=_SYN["idrid"]["n_test"],
-        height=_SYN["idrid"]["height"],
-        grade_distribution=_SYN["idrid"]["grade_distribution"],
-        texture=_SYN["texture"],
+        settings={"seed": config["seed"], "texture": _SYN["texture"], **_SYN["idrid"]},
     log:
         f"{LOGS}/synthetic_idrid/synthetic_idrid.log",
     benchmark:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from lesioncl.adapter import run
-from lesioncl.detector.qc import draw_detector_qc
+from lesioncl.detector.qc import DetectorQcSettings, draw_detector_qc
 
 
 def main(job):
@@ -13,8 +13,7 @@ def main(job):
         job.input.test,
         str(Path(job.input.images) / "test"),
         job.output[0],
-        n_images=job.params.n_images,
-        score_threshold=job.params.score_threshold,
+        settings=job.settings(DetectorQcSettings, "settings"),
         device=job.device(),
     )
 

@@ -1,7 +1,7 @@
 """Rule eval_features: frozen features of one method on one split."""
 
 from lesioncl.adapter import run
-from lesioncl.evaluation.features import run_feature_extraction
+from lesioncl.evaluation.features import FeatureSettings, run_feature_extraction
 
 
 def main(job):
@@ -13,12 +13,9 @@ def main(job):
         output=job.output[0],
         arch=job.params.arch,
         weights=job.optional_input("weights"),
-        seed=job.params.seed,
         imagenet_weights=job.params.imagenet_weights,
-        input_size=job.params.input_size,
-        batch_size=job.params.batch_size,
+        settings=job.settings(FeatureSettings, "settings"),
         device=job.device(),
-        amp=job.params.amp,
         **job.operational("evaluation", "channels_last", "workers"),
     )
 

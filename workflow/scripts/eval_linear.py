@@ -1,7 +1,7 @@
 """Rule eval_linear: one linear evaluation (method x fraction x seed)."""
 
 from lesioncl.adapter import run
-from lesioncl.evaluation.linear import run_linear
+from lesioncl.evaluation.linear import LinearSettings, run_linear
 
 
 def main(job):
@@ -14,11 +14,7 @@ def main(job):
         test_features=job.input.test,
         fractions_csv=job.input.fractions,
         output=job.output[0],
-        epochs=job.params.epochs,
-        lr=job.params.lr,
-        weight_decays=job.params.weight_decays,
-        batch_size=job.params.batch_size,
-        class_balanced=job.params.class_balanced,
+        settings=job.settings(LinearSettings, "settings"),
         tensorboard_dir=job.params.tensorboard,
         threads=job.threads,
     )

@@ -1,7 +1,7 @@
 """Rule idrid_coco: IDRiD masks -> boxes -> COCO json + images."""
 
 from lesioncl.adapter import run
-from lesioncl.idrid import build_idrid_coco
+from lesioncl.idrid import CocoSettings, build_idrid_coco
 
 
 def main(job):
@@ -11,10 +11,7 @@ def main(job):
         images_dir=job.output.images,
         summary_path=job.output.summary,
         qc_path=job.output.qc,
-        mask_threshold=job.params.mask_threshold,
-        max_size=job.params.max_size,
-        min_box_size=job.params.min_box_size,
-        qc_images=job.params.qc_images,
+        settings=job.settings(CocoSettings, "settings"),
         threads=job.threads,
     )
 

@@ -1,7 +1,7 @@
 """Rule lesions_index: merge, filter and write the lesion index."""
 
 from lesioncl.adapter import run
-from lesioncl.lesions import build_lesion_index
+from lesioncl.lesions import IndexSettings, build_lesion_index
 
 
 def main(job):
@@ -13,12 +13,7 @@ def main(job):
         out_summary=job.output.summary,
         out_histogram=job.output.histogram,
         out_qc=job.output.qc,
-        score_threshold=job.params.score_threshold,
-        max_box_size=job.params.max_box_size,
-        border_margin=job.params.border_margin,
-        size=job.params.size,
-        qc_images=job.params.qc_images,
-        seed=job.params.seed,
+        settings=job.settings(IndexSettings, "settings"),
     )
 
 

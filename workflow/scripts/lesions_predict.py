@@ -1,7 +1,7 @@
 """Rule lesions_predict: detector boxes on one shard of the crops."""
 
 from lesioncl.adapter import run
-from lesioncl.lesions import predict_shard
+from lesioncl.lesions import PredictSettings, predict_shard
 
 
 def main(job):
@@ -12,8 +12,7 @@ def main(job):
         job.output[0],
         shard=int(job.wildcards.shard),
         n_shards=job.params.n_shards,
-        size=job.params.size,
-        batch_size=job.params.batch_size,
+        settings=job.settings(PredictSettings, "settings"),
         workers=job.operational("lesion_index", "workers")["workers"],
         device=job.device(),
         threads=job.threads,

@@ -1,22 +1,16 @@
 """Rule synthetic_idrid: the synthetic IDRiD-like segmentation set (lesioncl.synthetic)."""
 
 from lesioncl.adapter import run
-from lesioncl.synthetic import generate_idrid
+from lesioncl.synthetic import IdridSetSettings, generate_idrid
 
 
 def main(job):
-    p = job.params
     generate_idrid(
         job.output.root,
         job.output.truth,
         job.output.qc,
-        seed=p.seed,
-        n_train=p.n_train,
-        n_test=p.n_test,
-        height=p.height,
-        grade_distribution=p.grade_distribution,
+        settings=job.settings(IdridSetSettings, "settings"),
         workers=job.threads,
-        texture=p.texture,
     )
 
 

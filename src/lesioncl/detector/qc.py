@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ from lesioncl.idrid import CLASS_COLOURS
 from lesioncl.plotting import pyplot, save_png
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorQcSettings:
+    """What decides the QC picture (defaults: the schema's). Rule ``detector_qc`` fills it
+    from ``params.settings``."""
+
+    n_images: int = 4  # IDRiD testing images drawn (config ``detector.qc_images``)
+    score_threshold: float = 0.5  # predicted boxes drawn (``lesion_index.score_threshold``)
 
 
 def choose_test_images(coco: dict[str, Any], n_images: int) -> list[dict[str, Any]]:
@@ -50,8 +60,7 @@ def draw_detector_qc(
     test_images: str | os.PathLike,
     out_png: str | os.PathLike,
     *,
-    n_images: int = 4,
-    score_threshold: float = 0.5,
+    settings: DetectorQcSettings = DetectorQcSettings(),
     device: str = "auto",
     detector=None,
 ) -> dict[str, Any]:
@@ -63,6 +72,8 @@ def draw_detector_qc(
     plt = pyplot()
     from matplotlib.patches import Patch, Rectangle
     from PIL import Image
+
+    n_images, score_threshold = settings.n_images, settings.score_threshold
 
     test_ann, test_images = Path(test_ann), Path(test_images)
     try:

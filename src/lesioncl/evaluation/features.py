@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,20 @@ from lesioncl.utils import atomic_path, seed_everything
 log = logging.getLogger(__name__)
 
 BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What decides the frozen features (config ``evaluation``; defaults: the schema's).
+
+    Rule ``eval_features`` fills it from ``params.settings``; the backbone (``arch``, the
+    weights) and the operational ``channels_last`` and ``workers`` are passed beside it.
+    """
+
+    seed: int = 0  # initialises the ``random`` method's backbone (config ``seed``)
+    input_size: int = 512  # the crops are resized to this before the backbone
+    batch_size: int = 64  # images per forward pass (``evaluation.feature_batch_size``)
+    amp: bool = True  # mixed precision on CUDA
 
 
 class MethodUnavailable(RuntimeError):
@@ -272,21 +287,19 @@ def run_feature_extraction(
     output: str | os.PathLike,
     arch: str,
     weights: str | os.PathLike | None = None,
-    seed: int = 0,
     imagenet_weights: str | os.PathLike | None = None,
-    input_size: int = 512,
-    batch_size: int = 64,
+    settings: FeatureSettings = FeatureSettings(),
     device: str = "cpu",
-    amp: bool = True,
     channels_last: bool = True,
     workers: int = 0,
 ) -> dict:
     """Extract and save the frozen features of one method on one split; returns a summary."""
+    input_size = settings.input_size
     images, rows = load_crop_cache(images_npy, images_csv)
     if len(images) == 0:
         raise ValueError(f"{images_npy}: the {split} cache holds no images; check the crop stage")
     try:
-        model = build_method_backbone(method, arch, weights, seed, imagenet_weights)
+        model = build_method_backbone(method, arch, weights, settings.seed, imagenet_weights)
     except MethodUnavailable as err:
         log.warning(
             "method %s skipped: %s. Its results are marked as skipped; once the weights are "
@@ -307,7 +320,14 @@ def run_feature_extraction(
         device,
     )
     feats = extract_features(
-        model, images, input_size, batch_size, device, amp, channels_last, workers
+        model,
+        images,
+        input_size,
+        settings.batch_size,
+        device,
+        settings.amp,
+        channels_last,
+        workers,
     )
     save_features(output, feats, rows["level"].to_numpy(), rows["image"].astype(str), method, split)
     log.info("wrote %s: features %s", output, feats.shape)

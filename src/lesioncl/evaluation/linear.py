@@ -23,6 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,21 @@ from lesioncl.progress import progress
 from lesioncl.utils import write_json
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinearSettings:
+    """What decides a linear evaluation (config ``evaluation.linear``; defaults: the
+    schema's). Rule ``eval_linear`` fills it from ``params.settings``."""
+
+    epochs: int = 100  # epochs of every weight decay's run; the best epoch is kept
+    lr: float = 0.01  # Adam's learning rate
+    weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)  # the grid, selected on val
+    batch_size: int = 256  # mini-batch of the labelled training features
+    class_balanced: bool = False  # class-balanced cross-entropy weights
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_decays", tuple(self.weight_decays))  # a list from YAML
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -234,11 +250,7 @@ def run_linear(
     test_features: str | os.PathLike,
     fractions_csv: str | os.PathLike,
     output: str | os.PathLike,
-    epochs: int = 100,
-    lr: float = 0.01,
-    weight_decays: Sequence[float] = (0.0, 1e-3, 1e-2, 1e-1),
-    batch_size: int = 256,
-    class_balanced: bool = False,
+    settings: LinearSettings = LinearSettings(),
     tensorboard_dir: str | os.PathLike | None = None,
     threads: int = 1,
 ) -> dict:
@@ -279,12 +291,12 @@ def run_linear(
             val["levels"],
             test["features"],
             test["levels"],
-            epochs=epochs,
-            lr=lr,
-            weight_decays=weight_decays,
-            batch_size=batch_size,
+            epochs=settings.epochs,
+            lr=settings.lr,
+            weight_decays=settings.weight_decays,
+            batch_size=settings.batch_size,
             seed=seed,
-            class_balanced=class_balanced,
+            class_balanced=settings.class_balanced,
             writer=writer,
         )
     finally:
@@ -298,13 +310,13 @@ def run_linear(
         "skipped": False,
         "n_train": int(len(y_train)),
         "n_train_per_level": np.bincount(y_train, minlength=N_LEVELS).tolist(),
-        "head": "softmax-ce" + ("-balanced" if class_balanced else ""),
+        "head": "softmax-ce" + ("-balanced" if settings.class_balanced else ""),
         "settings": {
-            "epochs": epochs,
-            "lr": lr,
-            "weight_decays": list(weight_decays),
-            "batch_size": batch_size,
-            "class_balanced": class_balanced,
+            "epochs": settings.epochs,
+            "lr": settings.lr,
+            "weight_decays": list(settings.weight_decays),
+            "batch_size": settings.batch_size,
+            "class_balanced": settings.class_balanced,
         },
         **res,
     }

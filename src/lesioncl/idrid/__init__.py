@@ -43,7 +43,9 @@ centre to that size (inside the image), so that tiny microaneurysms stay trainab
 
 The parts: :mod:`.sources` (names, zip or folder), :mod:`.layout` (scan and validate),
 :mod:`.boxes` (masks -> boxes), :mod:`.coco` (the COCO files, rule ``idrid_coco``) and
-:mod:`.qc` (the QC picture). Their public names are importable from here.
+:mod:`.qc` (the QC picture). Their public names are importable from here. The rule's
+settings come as one frozen dataclass, :class:`CocoSettings`, filled from its
+``params.settings`` (CONTRIBUTING.md "One rule for config").
 """
 
 from lesioncl.idrid.boxes import (
@@ -54,6 +56,7 @@ from lesioncl.idrid.boxes import (
     scale_boxes,
 )
 from lesioncl.idrid.coco import (
+    CocoSettings,
     build_idrid_coco,
 )
 from lesioncl.idrid.layout import (
@@ -88,6 +91,7 @@ from lesioncl.idrid.sources import (
 __all__ = [
     "CATEGORIES",
     "CLASS_COLOURS",
+    "CocoSettings",
     "FolderSource",
     "IMAGES_DIR",
     "IdridImage",

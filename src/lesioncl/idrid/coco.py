@@ -34,6 +34,19 @@ log = logging.getLogger("lesioncl.idrid")
 
 
 # --------------------------------------------------------------------------- COCO
+@dataclass(frozen=True)
+class CocoSettings:
+    """What decides the COCO files and images (config ``idrid``; defaults: the schema's).
+
+    Rule ``idrid_coco`` fills it from ``params.settings``.
+    """
+
+    mask_threshold: float = 1  # a mask pixel is lesion when its channel maximum is above this
+    max_size: int | None = None  # longest side of the written images (None: full size)
+    min_box_size: float = 1  # scaled boxes below this (output px) grow around their centre
+    qc_images: int = 4  # training images drawn in the QC picture
+
+
 @dataclass
 class _ImageResult:
     image: dict
@@ -165,10 +178,7 @@ def build_idrid_coco(
     images_dir: str | os.PathLike,
     summary_path: str | os.PathLike,
     qc_path: str | os.PathLike | None = None,
-    mask_threshold: float = 1,
-    max_size: int | None = None,
-    min_box_size: float = 1.0,
-    qc_images: int = 4,
+    settings: CocoSettings = CocoSettings(),
     threads: int = 1,
 ) -> dict:
     """Validate the IDRiD input, extract the boxes and write the COCO files.
@@ -179,6 +189,8 @@ def build_idrid_coco(
     """
     from lesioncl.progress import progress
 
+    mask_threshold, max_size = settings.mask_threshold, settings.max_size
+    min_box_size = settings.min_box_size
     missing = set(SPLITS) - set(coco_paths)
     if missing:
         raise ValueError(f"coco_paths lacks the split(s) {sorted(missing)}")
@@ -239,5 +251,5 @@ def build_idrid_coco(
             )
     write_json(summary_path, summary)
     if qc_path is not None:
-        draw_qc(coco_paths["train"], images_dir / "train", qc_path, qc_images)
+        draw_qc(coco_paths["train"], images_dir / "train", qc_path, settings.qc_images)
     return summary

@@ -33,7 +33,9 @@ imports the loader).
 
 The parts: :mod:`.predict` (rule ``lesions_predict``), :mod:`.index` (rule
 ``lesions_index``), :mod:`.fileformat` (columns, writer, safe loader) and :mod:`.qc`
-(the pictures). Their public names are importable from here.
+(the pictures). Their public names are importable from here. Each rule's settings
+come as one frozen dataclass (:class:`PredictSettings`, :class:`IndexSettings`), filled
+from the rule's ``params.settings`` (CONTRIBUTING.md "One rule for config").
 """
 
 from lesioncl.lesions.fileformat import (
@@ -50,6 +52,7 @@ from lesioncl.lesions.fileformat import (
     write_lesion_index,
 )
 from lesioncl.lesions.index import (
+    IndexSettings,
     build_lesion_index,
     filter_reasons,
     make_index,
@@ -57,6 +60,7 @@ from lesioncl.lesions.index import (
     summarise,
 )
 from lesioncl.lesions.predict import (
+    PredictSettings,
     index_key,
     predict_shard,
     read_crop_manifest,
@@ -73,7 +77,9 @@ __all__ = [
     "DETECTION_COLUMNS",
     "DET_BOX_COLUMNS",
     "FILTER_REASONS",
+    "IndexSettings",
     "MANIFEST_COLUMNS",
+    "PredictSettings",
     "ROUND_DECIMALS",
     "SPLITS",
     "build_lesion_index",

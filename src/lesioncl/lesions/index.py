@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -27,6 +28,28 @@ from lesioncl.lesions.qc import plot_qc, plot_summary
 from lesioncl.utils import write_json
 
 log = logging.getLogger("lesioncl.lesions")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What decides the lesion index (config ``lesion_index``; defaults: the schema's).
+
+    Rule ``lesions_index`` fills it from ``params.settings``.
+    """
+
+    score_threshold: float = 0.5  # keep a box when its score is above this
+    max_box_size: float = 128  # keep a box when its width and height are <= this (crop px)
+    border_margin: float = 5  # keep a box when x1..y2 lie inside (margin, size - margin)
+    size: int = 512  # the side of the square crops (config ``crop.size``)
+    qc_images: int = 12  # images drawn in qc_boxes.png
+    seed: int = 0  # draws the QC images (config ``seed``)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.border_margin < self.size / 2:
+            raise ValueError(
+                f"lesion_index.border_margin={self.border_margin} must lie in "
+                f"[0, size/2={self.size / 2})"
+            )
 
 
 # --------------------------------------------------------------------------- filter
@@ -137,18 +160,10 @@ def build_lesion_index(
     out_summary: str | os.PathLike,
     out_histogram: str | os.PathLike,
     out_qc: str | os.PathLike,
-    score_threshold: float,
-    max_box_size: float,
-    border_margin: float,
-    size: int,
-    qc_images: int = 12,
-    seed: int = 0,
+    settings: IndexSettings,
 ) -> dict[str, Any]:
     """Merge, filter and write the lesion index with its summary and QC pictures."""
-    if not 0 <= border_margin < size / 2:
-        raise ValueError(
-            f"lesion_index.border_margin={border_margin} must lie in [0, size/2={size / 2})"
-        )
+    size, max_box_size = settings.size, settings.max_box_size
     manifest = read_crop_manifest(manifest_path)
     rows = manifest[manifest["split"].isin(SPLITS)]
     detections = read_detections(shard_csvs)
@@ -160,9 +175,9 @@ def build_lesion_index(
         )
     reasons = filter_reasons(
         detections,
-        score_threshold=score_threshold,
+        score_threshold=settings.score_threshold,
         max_box_size=max_box_size,
-        border_margin=border_margin,
+        border_margin=settings.border_margin,
         size=size,
     )
     index = make_index(detections[reasons == ""])
@@ -171,9 +186,9 @@ def build_lesion_index(
     images_in = Counter(rows["split"])
     summary = summarise(index, images_in, reasons, detections)
     summary["filters"] = {
-        "score_threshold": score_threshold,
+        "score_threshold": settings.score_threshold,
         "max_box_size": max_box_size,
-        "border_margin": border_margin,
+        "border_margin": settings.border_margin,
         "size": size,
     }
     write_json(out_summary, summary)
@@ -200,5 +215,5 @@ def build_lesion_index(
         summary["dropped"],
     )
     plot_summary(summary, out_histogram)
-    plot_qc(index, rows, out_qc, n_images=qc_images, seed=seed, size=size)
+    plot_qc(index, rows, out_qc, n_images=settings.qc_images, seed=settings.seed, size=size)
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ from lesioncl.lesions.fileformat import (
 from lesioncl.utils import atomic_path
 
 log = logging.getLogger("lesioncl.lesions")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What decides the detections of one shard (config ``lesion_index``; defaults: the
+    schema's). Rule ``lesions_predict`` fills it from ``params.settings``; the shard
+    partition (``n_shards``) is passed beside it, as in ``crop_shard``."""
+
+    size: int = 512  # the side of the square crops the boxes are rescaled into (``crop.size``)
+    batch_size: int = 8  # images per detector batch
 
 
 # --------------------------------------------------------------------------- shards
@@ -81,8 +92,7 @@ def predict_shard(
     *,
     shard: int,
     n_shards: int,
-    size: int,
-    batch_size: int = 8,
+    settings: PredictSettings,
     device: str = "auto",
     workers: int = 0,
     threads: int = 1,
@@ -92,6 +102,7 @@ def predict_shard(
 
     from lesioncl.detector.inference import LesionDetector  # heavy: mmdet
 
+    size, batch_size = settings.size, settings.batch_size
     torch.set_num_threads(max(1, threads - workers))  # the rest: loader workers
     manifest_path = Path(manifest_path)
     rows = shard_rows(read_crop_manifest(manifest_path), shard, n_shards)

@@ -60,7 +60,12 @@ from lesioncl.synthetic.datasets import (
     LESION_COLUMNS,
     TRUTH_COLUMNS,
 )
-from lesioncl.synthetic.eyepacs_set import EyepacsRecord, generate_eyepacs, plan_eyepacs
+from lesioncl.synthetic.eyepacs_set import (
+    EyepacsRecord,
+    EyepacsSetSettings,
+    generate_eyepacs,
+    plan_eyepacs,
+)
 from lesioncl.synthetic.geometry import (
     Geometry,
     Lesion,
@@ -69,7 +74,12 @@ from lesioncl.synthetic.geometry import (
     idrid_geometry,
 )
 from lesioncl.synthetic.grading import LESION_KINDS, SIZES_AT_512, icdr_grade, sample_lesion_counts
-from lesioncl.synthetic.idrid_set import generate_idrid, idrid_name, idrid_paths
+from lesioncl.synthetic.idrid_set import (
+    IdridSetSettings,
+    generate_idrid,
+    idrid_name,
+    idrid_paths,
+)
 from lesioncl.synthetic.render import render_fundus
 
 __all__ = [
@@ -84,7 +94,9 @@ __all__ = [
     "SIZES_AT_512",
     "TRUTH_COLUMNS",
     "EyepacsRecord",
+    "EyepacsSetSettings",
     "Geometry",
+    "IdridSetSettings",
     "Lesion",
     "Rendered",
     "eyepacs_geometry",

@@ -173,22 +173,34 @@ def _eyepacs_job(args) -> tuple[dict, list[dict]]:
     )
 
 
+@dataclass(frozen=True)
+class EyepacsSetSettings:
+    """What decides the synthetic EyePACS-like set (config ``synthetic.eyepacs``, with
+    ``seed`` and ``synthetic.texture``; defaults: the schema's). Rule
+    ``synthetic_eyepacs`` fills it from ``params.settings``."""
+
+    seed: int = 0  # the workflow's seed: every image is a function of it
+    n_train: int = 240  # images in train/ (even: every patient has both eyes)
+    n_test: int = 160  # images in test/ (Public: validation, Private: test)
+    min_height: int = 360  # image heights are drawn in [min_height, max_height]
+    max_height: int = 560
+    bad_files: bool = True  # add a truncated JPEG, an all-black image and a zero-byte file
+    grade_distribution: tuple[float, ...] = DEFAULT_EYEPACS_GRADES  # grades 0..4
+    public_fraction: float = 0.4  # test patients with Usage=Public
+    texture: bool = True  # fine per-image fundus texture
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
+
+
 def generate_eyepacs(
     out_dir: str | os.PathLike,
     truth_csv: str | os.PathLike,
     lesions_csv: str | os.PathLike | None = None,
     qc_png: str | os.PathLike | None = None,
     *,
-    seed: int = 0,
-    n_train: int = 240,
-    n_test: int = 160,
-    min_height: int = 360,
-    max_height: int = 560,
-    bad_files: bool = True,
-    grade_distribution: Sequence[float] = DEFAULT_EYEPACS_GRADES,
-    public_fraction: float = 0.4,
+    settings: EyepacsSetSettings = EyepacsSetSettings(),
     workers: int = 1,
-    texture: bool = True,
 ) -> dict:
     """Write an EyePACS-like raw set in the Kaggle layout.
 
@@ -198,6 +210,10 @@ def generate_eyepacs(
     ``lesions_csv`` every drawn lesion's box in raw-image pixels; ``qc_png`` a grid
     of examples per grade. Returns a summary.
     """
+    seed, n_train, n_test = settings.seed, settings.n_train, settings.n_test
+    min_height, max_height = settings.min_height, settings.max_height
+    grade_distribution, public_fraction = settings.grade_distribution, settings.public_fraction
+    bad_files, texture = settings.bad_files, settings.texture
     if not 128 <= min_height <= max_height:
         raise ValueError(
             f"config: synthetic.eyepacs needs 128 <= min_height <= max_height, "

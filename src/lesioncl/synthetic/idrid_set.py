@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -92,18 +93,30 @@ def _idrid_job(args) -> dict:
     return row
 
 
+@dataclass(frozen=True)
+class IdridSetSettings:
+    """What decides the synthetic IDRiD-like set (config ``synthetic.idrid``, with ``seed``
+    and ``synthetic.texture``; defaults: the schema's). Rule ``synthetic_idrid`` fills it
+    from ``params.settings``."""
+
+    seed: int = 0  # the workflow's seed: every image is a function of it
+    n_train: int = 40  # the training set (IDRiD_01 ..)
+    n_test: int = 16  # the testing set, numbered on
+    height: int = 640  # image height in px
+    grade_distribution: tuple[float, ...] = DEFAULT_IDRID_GRADES  # grades 0..4
+    texture: bool = True  # fine per-image fundus texture
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
+
+
 def generate_idrid(
     out_dir: str | os.PathLike,
     truth_csv: str | os.PathLike | None = None,
     qc_png: str | os.PathLike | None = None,
     *,
-    seed: int = 0,
-    n_train: int = 40,
-    n_test: int = 16,
-    height: int = 640,
-    grade_distribution: Sequence[float] = DEFAULT_IDRID_GRADES,
+    settings: IdridSetSettings = IdridSetSettings(),
     workers: int = 1,
-    texture: bool = True,
 ) -> dict:
     """Write an IDRiD-like "A. Segmentation" set under ``out_dir``.
 
@@ -112,6 +125,9 @@ def generate_idrid(
     uint8 TIFs (0 / 255), the exact pixels the lesion generator drew; new vessels
     have no mask (IDRiD has none) and preretinal haemorrhages go into HE.
     """
+    seed, height, texture = settings.seed, settings.height, settings.texture
+    n_train, n_test = settings.n_train, settings.n_test
+    grade_distribution = settings.grade_distribution
     if height < 128:
         raise ValueError(f"config: synthetic.idrid.height must be >= 128, got {height}")
     if n_train < 1 or n_test < 1:

@@ -19,18 +19,6 @@ from typing import Any
 #: Scalar tags written by the trainers that TensorBoard shows as each run's metrics.
 PRETRAIN_METRICS = ("epoch/train_loss", "epoch/val_loss", "epoch/knn_kappa", "epoch/pairs_per_s")
 FINETUNE_METRICS = ("finetune/val_kappa", "finetune/val_loss", "finetune/train_loss")
-#: Paths and switches that do not change what a pretraining run computes.
-_PRETRAIN_SKIP = {
-    "train_cache",
-    "val_cache",
-    "lesion_index",
-    "out_dir",
-    "checkpoint",
-    "workers",
-    "checkpoint_every",
-    "resume",
-    "log_images",
-}
 
 
 def plain_value(value: Any) -> bool | int | float | str:
@@ -61,7 +49,7 @@ def write_hparams(writer, hparams: Mapping[str, Any], metrics: Sequence[str]) ->
 
 def pretrain_hparams(cfg, *, global_batch: int, world_size: int) -> dict[str, Any]:
     """What decides a pretraining run (a :class:`lesioncl.pretrain.config.PretrainConfig`)."""
-    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _PRETRAIN_SKIP}
+    values = cfg.computed_settings()
     values.update(global_batch=global_batch, gpus=world_size)
     return values
 

@@ -104,6 +104,21 @@ class FinetuneSettings:
     workers: int = 0
 
 
+def grade_scores(model: nn.Module, images, s: FinetuneSettings, device, desc: str) -> np.ndarray:
+    """The model's continuous grade (N,) for every image, with the run's inference settings."""
+    return predict(
+        model,
+        images,
+        s.input_size,
+        s.eval_batch_size,
+        device,
+        s.amp,
+        s.channels_last,
+        s.workers,
+        desc=desc,
+    ).reshape(-1)
+
+
 def _loader(
     dataset, batch_size: int, seed: int, epoch: int, workers: int, device: str, repeat: int = 0
 ):
@@ -236,17 +251,7 @@ def finetune(
             total += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        scores = predict(
-            model,
-            val_images,
-            s.input_size,
-            s.eval_batch_size,
-            device,
-            s.amp,
-            s.channels_last,
-            s.workers,
-            desc=f"val {epoch}",
-        ).reshape(-1)
+        scores = grade_scores(model, val_images, s, device, desc=f"val {epoch}")
         val_pred = predict_thresholds(scores, DEFAULT_THRESHOLDS)
         kappa = quadratic_kappa(y_val, val_pred)
         row = {

@@ -19,12 +19,12 @@ from lesioncl.evaluation.features import (
     MethodUnavailable,
     build_method_backbone,
     load_crop_cache,
-    predict,
 )
 from lesioncl.evaluation.finetune import (
     FinetuneSettings,
     Grader,
     finetune,
+    grade_scores,
     write_history,
 )
 from lesioncl.evaluation.fractions import read_fractions
@@ -167,28 +167,8 @@ def run_finetune(
     s = settings
     y_val = val_rows["level"].to_numpy()
     y_test = test_rows["level"].to_numpy()
-    val_scores = predict(
-        model,
-        val_images,
-        s.input_size,
-        s.eval_batch_size,
-        device,
-        s.amp,
-        s.channels_last,
-        s.workers,
-        desc="val (best epoch)",
-    ).reshape(-1)
-    test_scores = predict(
-        model,
-        test_images,
-        s.input_size,
-        s.eval_batch_size,
-        device,
-        s.amp,
-        s.channels_last,
-        s.workers,
-        desc="test (best epoch)",
-    ).reshape(-1)
+    val_scores = grade_scores(model, val_images, s, device, desc="val (best epoch)")
+    test_scores = grade_scores(model, test_images, s, device, desc="test (best epoch)")
     result = {
         "method": method,
         "evaluation": "finetune",

@@ -123,6 +123,11 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def computed_settings(self) -> dict[str, Any]:
+        """The settings that decide what the run computes (all but the operational ones):
+        its checkpoint fingerprint and its TensorBoard hyper-parameters."""
+        return {k: v for k, v in self.to_dict().items() if k not in _OPERATIONAL}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}

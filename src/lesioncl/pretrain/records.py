@@ -20,7 +20,6 @@ from lesioncl.history import write_history as write_history_csv
 from lesioncl.plotting import pyplot, save_png
 from lesioncl.pretrain.augment import denormalize
 from lesioncl.pretrain.config import (
-    _OPERATIONAL,
     CHECKPOINT_FORMAT,
     COLLAPSE_FRACTION,
     COLLAPSE_PATIENCE,
@@ -37,7 +36,7 @@ class TrainerRecords:
 
     def compute_fingerprint(self) -> str:
         """Hash of what determines the result: hyper-parameters, world size, the data."""
-        settings = {k: v for k, v in self.cfg.to_dict().items() if k not in _OPERATIONAL}
+        settings = self.cfg.computed_settings()
         settings["world"] = self.dist.world
         settings["global_batch"] = self.global_batch
         files = (self.cfg.train_cache, self.cfg.val_cache, self.cfg.lesion_index)

@@ -5,7 +5,16 @@
 _SYN = config["synthetic"]
 # Each generator's settings (EyepacsSetSettings, IdridSetSettings): the workflow's seed,
 # synthetic.texture and its whole synthetic.<set> section (every key decides the images;
-# synthetic.workers only how fast they are drawn).
+# synthetic.workers only how fast they are drawn). Keys sorted: Snakemake compares
+# params by their repr, so the order of keys in a config file must not rerun a job.
+_SYN_SETTINGS = {
+    name: dict(
+        sorted(
+            {"seed": config["seed"], "texture": _SYN["texture"], **_SYN[name]}.items()
+        )
+    )
+    for name in ("eyepacs", "idrid")
+}
 
 
 rule synthetic_eyepacs:
@@ -19,7 +28,7 @@ rule synthetic_eyepacs:
             category="Synthetic data",
         ),
     params:
-        settings={"seed": config["seed"], "texture": _SYN["texture"], **_SYN["eyepacs"]},
+        settings=_SYN_SETTINGS["eyepacs"],
     log:
         f"{LOGS}/synthetic_eyepacs/synthetic_eyepacs.log",
     benchmark:
@@ -44,7 +53,7 @@ rule synthetic_idrid:
             category="Synthetic data",
         ),
     params:
-        settings={"seed": config["seed"], "texture": _SYN["texture"], **_SYN["idrid"]},
+        settings=_SYN_SETTINGS["idrid"],
     log:
         f"{LOGS}/synthetic_idrid/synthetic_idrid.log",
     benchmark:

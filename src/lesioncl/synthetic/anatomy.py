@@ -9,7 +9,7 @@ import numpy as np
 
 # Darkening of the red lesions and vessels, per RGB channel (pixel *= 1 - alpha * k).
 from lesioncl.synthetic.geometry import Geometry
-from lesioncl.synthetic.shapes import _coverage, _patch
+from lesioncl.synthetic.shapes import _clipped_patch, _coverage
 
 # --------------------------------------------------------------------------- anatomy
 
@@ -104,15 +104,7 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
 def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np.ndarray:
     """Brighten the optic disc (yellowish rim, paler cup, soft glow); return its mask."""
     r = g.disc_radius
-    x0, y0, dx, dy = _patch(g.disc_x, g.disc_y, 2.2 * r)
-    # clip the patch to the image
-    h, w = albedo.shape[:2]
-    ys, xs = (
-        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
-        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
-    )
-    dx = dx[:, xs.start - x0 : xs.stop - x0]
-    dy = dy[ys.start - y0 : ys.stop - y0]
+    ys, xs, dx, dy = _clipped_patch(g.disc_x, g.disc_y, 2.2 * r, albedo.shape)
     stretch = rng.uniform(1.0, 1.15)  # discs are slightly taller than wide
     dist = np.sqrt(dx * dx + (dy / stretch) ** 2)
     disc = _coverage((r - dist) / (0.15 * r))  # a soft rim; the disc is where >= 0.5
@@ -126,21 +118,14 @@ def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np
     region *= (1 + glow)[..., None]
     region += (disc * rng.uniform(0.55, 0.75))[..., None] * (disc_col - region)
     region += (cup * rng.uniform(0.5, 0.85))[..., None] * (cup_col - region)
-    mask = np.zeros((h, w), bool)
+    mask = np.zeros(albedo.shape[:2], bool)
     mask[ys, xs] = disc >= 0.5
     return mask
 
 
 def _paint_macula(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> None:
     sigma = g.disc_radius * rng.uniform(1.2, 1.8)
-    x0, y0, dx, dy = _patch(g.macula_x, g.macula_y, 3 * sigma)
-    h, w = albedo.shape[:2]
-    ys, xs = (
-        slice(max(y0, 0), min(y0 + dy.shape[0], h)),
-        slice(max(x0, 0), min(x0 + dx.shape[1], w)),
-    )
-    dx = dx[:, xs.start - x0 : xs.stop - x0]
-    dy = dy[ys.start - y0 : ys.stop - y0]
+    ys, xs, dx, dy = _clipped_patch(g.macula_x, g.macula_y, 3 * sigma, albedo.shape)
     d2 = dx * dx + dy * dy
     dark = np.exp(-d2 / (2 * sigma * sigma)) * rng.uniform(0.25, 0.45)
     region = albedo[ys, xs]

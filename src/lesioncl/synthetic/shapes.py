@@ -33,6 +33,16 @@ def _patch(cx: float, cy: float, half: float):
     return x0, y0, dx, dy
 
 
+def _clipped_patch(cx: float, cy: float, half: float, shape: tuple[int, ...]):
+    """:func:`_patch` clipped to an image of ``shape`` (H, W, ...): the slices of the
+    image it covers and the offsets of those pixels from (cx, cy)."""
+    x0, y0, dx, dy = _patch(cx, cy, half)
+    h, w = shape[:2]
+    ys = slice(max(y0, 0), min(y0 + dy.shape[0], h))
+    xs = slice(max(x0, 0), min(x0 + dx.shape[1], w))
+    return ys, xs, dx[:, xs.start - x0 : xs.stop - x0], dy[ys.start - y0 : ys.stop - y0]
+
+
 def _coverage(edge_minus_dist: np.ndarray) -> np.ndarray:
     """Anti-aliased inside-ness of a pixel given (edge distance - pixel distance)."""
     return np.clip(edge_minus_dist + 0.5, 0.0, 1.0)

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -311,13 +311,7 @@ def run_linear(
         "n_train": int(len(y_train)),
         "n_train_per_level": np.bincount(y_train, minlength=N_LEVELS).tolist(),
         "head": "softmax-ce" + ("-balanced" if settings.class_balanced else ""),
-        "settings": {
-            "epochs": settings.epochs,
-            "lr": settings.lr,
-            "weight_decays": list(settings.weight_decays),
-            "batch_size": settings.batch_size,
-            "class_balanced": settings.class_balanced,
-        },
+        "settings": {**asdict(settings), "weight_decays": list(settings.weight_decays)},
         **res,
     }
     write_json(output, result)

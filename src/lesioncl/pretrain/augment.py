@@ -35,7 +35,6 @@ from lesioncl.augment import (  # noqa: F401 - re-exported: the pretraining API
     adjust_hue,
     adjust_saturation,
     denormalize,
-    to_grayscale,
 )
 
 

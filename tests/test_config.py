@@ -86,11 +86,21 @@ SETTINGS_SOURCES = {
     "lesioncl.synthetic:EyepacsSetSettings": {
         **{k: f"synthetic.eyepacs.{k}" for k in ("n_train", "n_test", "min_height", "max_height", "bad_files",
                                                  "grade_distribution", "public_fraction")},
-        "seed": "seed", "texture": "synthetic.texture",
+        "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
     },
     "lesioncl.synthetic:IdridSetSettings": {
         **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
-        "seed": "seed", "texture": "synthetic.texture",
+        "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+    },
+    "lesioncl.lesions.controls:TruthIndexSettings": {
+        **{k: f"lesion_index.{k}" for k in ("truth_kinds", "max_box_size", "border_margin")},
+        "size": "crop.size",
+    },
+    "lesioncl.lesions.controls:RandomIndexSettings": {
+        "border_margin": "lesion_index.border_margin", "size": "crop.size", "seed": "seed",
+    },
+    "lesioncl.lesions.sources:QualitySettings": {
+        "window": "pretrain.patch_size", "size": "crop.size", "seed": "seed",
     },
     "lesioncl.detector.qc:DetectorQcSettings": {
         "n_images": "detector.qc_images", "score_threshold": "lesion_index.score_threshold",
@@ -169,6 +179,9 @@ RULE_SETTINGS = {
     "detector_qc": ("lesioncl.detector.qc:DetectorQcSettings", "settings"),
     "lesions_predict": ("lesioncl.lesions:PredictSettings", "settings"),
     "lesions_index": ("lesioncl.lesions:IndexSettings", "settings"),
+    "lesions_truth_index": ("lesioncl.lesions.controls:TruthIndexSettings", "settings"),
+    "lesions_random_index": ("lesioncl.lesions.controls:RandomIndexSettings", "settings"),
+    "lesions_quality": ("lesioncl.lesions.sources:QualitySettings", "settings"),
     "eval_features": ("lesioncl.evaluation.features:FeatureSettings", "settings"),
     "eval_linear": ("lesioncl.evaluation.linear:LinearSettings", "settings"),
     "eval_finetune": ("lesioncl.evaluation.finetune:FinetuneSettings", "settings"),

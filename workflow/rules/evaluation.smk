@@ -24,6 +24,7 @@ EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
 eval_plan.check_methods(
     EVAL_METHODS, _EVAL["extra_weights"], config["pretrain"]["simclr_sizes"]
 )
+eval_plan.check_sources(EVAL_METHODS, config["eyepacs"]["source"])
 # Every run JSON of one evaluation (methods x fractions x seeds), [] when it is off.
 EVAL_RESULTS = {
     "linear": eval_plan.run_files(

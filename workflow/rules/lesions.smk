@@ -84,3 +84,102 @@ rule lesions_index:
         ENV_TORCH
     script:
         "../scripts/lesions_index.py"
+
+
+# The window sources beside the detector's index (lesioncl.lesions.controls,
+# docs/window-sources.md): the random-window control (same images, box counts and sizes,
+# uniform places in the field of view) and, on synthetic data, the generator's true boxes.
+# Each feeds its own lesion-based pretraining (lesion_cl_random, lesion_cl_truth).
+_TRUTH_LESIONS = f"{RESULTS}/synthetic/eyepacs_lesions.csv"
+
+
+rule lesions_random_index:
+    input:
+        index=f"{RESULTS}/lesions/lesion_index.pkl",
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
+    output:
+        pkl=f"{RESULTS}/lesions/random/lesion_index.pkl",
+        json=f"{RESULTS}/lesions/random/lesion_index.json",
+    params:
+        settings=dict(
+            border_margin=_LI["border_margin"],
+            size=config["crop"]["size"],
+            seed=config["seed"],
+        ),
+    log:
+        f"{LOGS}/lesions_random_index/lesions_random_index.log",
+    priority: PATH_TO_PRETRAINING
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/lesions_random_index.py"
+
+
+rule lesions_truth_index:
+    input:
+        lesions=_TRUTH_LESIONS,
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+    output:
+        pkl=f"{RESULTS}/lesions/truth/lesion_index.pkl",
+        json=f"{RESULTS}/lesions/truth/lesion_index.json",
+        summary=f"{RESULTS}/lesions/truth/summary.json",
+    params:
+        settings=dict(
+            truth_kinds=list(_LI["truth_kinds"]),
+            max_box_size=_LI["max_box_size"],
+            border_margin=_LI["border_margin"],
+            size=config["crop"]["size"],
+        ),
+    log:
+        f"{LOGS}/lesions_truth_index/lesions_truth_index.log",
+    priority: PATH_TO_PRETRAINING
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/lesions_truth_index.py"
+
+
+rule lesions_quality:
+    input:
+        index=f"{RESULTS}/lesions/lesion_index.pkl",
+        random=f"{RESULTS}/lesions/random/lesion_index.pkl",
+        lesions=_TRUTH_LESIONS,
+        manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
+    output:
+        json=report(
+            f"{RESULTS}/lesions/quality.json",
+            caption="../report/lesions_quality.rst",
+            category="Lesion index",
+        ),
+        plot=report(
+            f"{RESULTS}/lesions/quality.png",
+            caption="../report/lesions_quality.rst",
+            category="Lesion index",
+        ),
+    params:
+        settings=dict(
+            window=config["pretrain"]["patch_size"],
+            size=config["crop"]["size"],
+            seed=config["seed"],
+        ),
+    log:
+        f"{LOGS}/lesions_quality/lesions_quality.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/lesions_quality.py"

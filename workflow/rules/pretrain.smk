@@ -1,5 +1,7 @@
 # Contrastive pretraining (docs/method.md "Lesion-based contrastive pretraining").
-#   pretrain_lesion   cache + lesion index -> results/pretrain/lesion_cl/ (the paper)
+#   pretrain_lesion   cache + lesion index -> results/pretrain/lesion_cl/ (the paper); the
+#                     same on the index's random-window control -> lesion_cl_random/ and,
+#                     on synthetic data, on the generator's true boxes -> lesion_cl_truth/
 #   pretrain_simclr   cache -> results/pretrain/simclr_{size}/ (whole-image baseline)
 # Outputs per method: backbone.pth (torchvision state_dict without fc), final.pt (full
 # training state), history.csv and loss_curve.png. TensorBoard logs: tb/.
@@ -16,6 +18,8 @@
 # (batch_size) is split evenly over the GPUs and the loss is computed over all of it.
 
 import os
+
+from lesioncl.evaluation.plan import LESION_METHODS
 
 _PT = config["pretrain"]
 
@@ -57,6 +61,18 @@ _PT_PARAMS = {
 PRETRAIN_SEED = config["seed"] if _PT.get("seed") is None else _PT["seed"]
 
 
+# The lesion index each lesion-based method pretrains on (its window source).
+LESION_SOURCES = dict(
+    zip(
+        LESION_METHODS,
+        [
+            f"{RESULTS}/lesions/lesion_index.pkl",
+            f"{RESULTS}/lesions/random/lesion_index.pkl",
+            f"{RESULTS}/lesions/truth/lesion_index.pkl",
+        ],
+    )
+)
+
 # A weights file the backbone starts from (init: path, or imagenet from a file).
 _PT_WEIGHTS = (
     [_PT["weights"]] if _PT["weights"] and _PT["init"] in ("path", "imagenet") else []
@@ -72,23 +88,25 @@ rule pretrain_lesion:
     input:
         **CROP_CACHE["train"],
         **CROP_CACHE["val"],
-        index=f"{RESULTS}/lesions/lesion_index.pkl",
+        index=lambda wildcards: LESION_SOURCES[wildcards.method],
         weights=_PT_WEIGHTS,
     output:
-        backbone=protected(f"{RESULTS}/pretrain/lesion_cl/backbone.pth"),
-        final=protected(f"{RESULTS}/pretrain/lesion_cl/final.pt"),
+        backbone=protected(f"{RESULTS}/pretrain/{{method}}/backbone.pth"),
+        final=protected(f"{RESULTS}/pretrain/{{method}}/final.pt"),
         history=report(
-            f"{RESULTS}/pretrain/lesion_cl/history.csv",
+            f"{RESULTS}/pretrain/{{method}}/history.csv",
             caption="../report/pretrain_history.rst",
             category="Pretraining",
-            subcategory="lesion_cl",
+            subcategory="{method}",
         ),
         curve=report(
-            f"{RESULTS}/pretrain/lesion_cl/loss_curve.png",
+            f"{RESULTS}/pretrain/{{method}}/loss_curve.png",
             caption="../report/pretrain_curve.rst",
             category="Pretraining",
-            subcategory="lesion_cl",
+            subcategory="{method}",
         ),
+    wildcard_constraints:
+        method="|".join(LESION_SOURCES),
     params:
         mode="lesion",
         out_dir=lambda wildcards, output: os.path.dirname(output.backbone),
@@ -98,9 +116,9 @@ rule pretrain_lesion:
         seed=PRETRAIN_SEED,
         device=torch_device(),
     log:
-        f"{LOGS}/pretrain/lesion_cl.log",
+        f"{LOGS}/pretrain/{{method}}.log",
     benchmark:
-        f"{BENCH}/pretrain/lesion_cl.tsv"
+        f"{BENCH}/pretrain/{{method}}.tsv"
     priority: PATH_TO_PRETRAINING
     threads: _PT["workers"] * _PT["gpus"] + 1
     resources:
@@ -162,6 +180,11 @@ rule pretrain_simclr:
 rule pretrain_all:
     input:
         f"{RESULTS}/pretrain/lesion_cl/backbone.pth",
+        [
+            f"{RESULTS}/pretrain/{m}/backbone.pth"
+            for m in config["evaluation"]["methods"]
+            if m in LESION_SOURCES and m != "lesion_cl"
+        ],
         expand(
             f"{RESULTS}/pretrain/simclr_{{size}}/backbone.pth",
             size=_PT["simclr_sizes"],

@@ -34,6 +34,12 @@ QC_TARGETS = [
     f"{RESULTS}/lesions/qc_boxes.png",
     f"{RESULTS}/detector/metrics.json",
     f"{RESULTS}/detector/qc_test.png",
+    # the index against the generator's boxes: synthetic data only
+    *(
+        [f"{RESULTS}/lesions/quality.json", f"{RESULTS}/lesions/quality.png"]
+        if config["eyepacs"]["source"] == "synthetic"
+        else []
+    ),
 ]
 
 

@@ -10,7 +10,12 @@ _SYN = config["synthetic"]
 _SYN_SETTINGS = {
     name: dict(
         sorted(
-            {"seed": config["seed"], "texture": _SYN["texture"], **_SYN[name]}.items()
+            {
+                "seed": config["seed"],
+                "texture": _SYN["texture"],
+                "lesion_scale": _SYN["lesion_scale"],
+                **_SYN[name],
+            }.items()
         )
     )
     for name in ("eyepacs", "idrid")

@@ -17,12 +17,11 @@ from torch import nn
 from lesioncl.augment import EYEPACS_MEAN, EYEPACS_STD
 from lesioncl.augment import normalize as normalize_images
 from lesioncl.backbones import build_resnet
+from lesioncl.evaluation.plan import LESION_METHODS
 from lesioncl.progress import progress
 from lesioncl.utils import atomic_path, seed_everything
 
 log = logging.getLogger(__name__)
-
-BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,13 @@ def method_kind(method: str, extra_weights: dict | None = None) -> str:
         return "extra"
     if method in ("random", "imagenet"):
         return method
-    if method == "lesion_cl" or (
+    if method in LESION_METHODS or (
         method.startswith("simclr_") and method[len("simclr_") :].isdigit()
     ):
         return "pretrained"
     raise ValueError(
-        f"unknown evaluation method {method!r}: use lesion_cl, simclr_<size>, random, imagenet "
-        "or a name defined in evaluation.extra_weights"
+        f"unknown evaluation method {method!r}: use {', '.join(LESION_METHODS)}, simclr_<size>, "
+        "random, imagenet or a name defined in evaluation.extra_weights"
     )
 
 

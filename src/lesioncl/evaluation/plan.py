@@ -13,8 +13,11 @@ from collections.abc import Mapping, Sequence
 
 from lesioncl.evaluation.fractions import fraction_tag
 
-#: Methods that need no pretraining rule (``lesion_cl`` has its own, ``pretrain_lesion``).
-BUILTIN_METHODS = ("lesion_cl", "random", "imagenet")
+#: Lesion-based CL on each window source (rule ``pretrain_lesion``): the detector's index
+#: (the paper), its random-window control and, on synthetic data, the generator's true boxes.
+LESION_METHODS = ("lesion_cl", "lesion_cl_random", "lesion_cl_truth")
+#: Methods named without a size or a weights file.
+BUILTIN_METHODS = (*LESION_METHODS, "random", "imagenet")
 _SIMCLR = re.compile(r"simclr_(\d+)")
 
 
@@ -33,14 +36,25 @@ def check_methods(names: Sequence[str], extra_weights: Mapping, simclr_sizes: Se
         m = _SIMCLR.fullmatch(method)
         if m is None:
             raise ValueError(
-                f"config: evaluation.methods has {method!r}; use lesion_cl, simclr_<size>, "
-                "random, imagenet or a name defined in evaluation.extra_weights"
+                f"config: evaluation.methods has {method!r}; use {', '.join(LESION_METHODS)}, "
+                "simclr_<size>, random, imagenet or a name defined in evaluation.extra_weights"
             )
         if int(m.group(1)) not in sizes:
             raise ValueError(
                 f"config: evaluation.methods has {method!r} but pretrain.simclr_sizes is "
                 f"{sizes}; add {m.group(1)} there or drop the method"
             )
+
+
+def check_sources(names: Sequence[str], eyepacs_source: str) -> None:
+    """``lesion_cl_truth`` needs the generator's lesion boxes: synthetic data only."""
+    if "lesion_cl_truth" in names and eyepacs_source != "synthetic":
+        raise ValueError(
+            "config: evaluation.methods has lesion_cl_truth, which pretrains on the synthetic "
+            f"generator's true lesion boxes, but eyepacs.source is {eyepacs_source!r}; real data "
+            "have no such boxes: drop lesion_cl_truth (lesion_cl_random is the control for real "
+            "data)"
+        )
 
 
 def finetune_fractions(evaluation: Mapping) -> list[str]:
@@ -60,8 +74,8 @@ def finetune_fractions(evaluation: Mapping) -> list[str]:
 
 
 def pretrained(names: Sequence[str]) -> list[str]:
-    """The methods trained by the pretraining stage (lesion_cl, simclr_<size>)."""
-    return [m for m in names if m == "lesion_cl" or _SIMCLR.fullmatch(m)]
+    """The methods trained by the pretraining stage (lesion_cl*, simclr_<size>)."""
+    return [m for m in names if m in LESION_METHODS or _SIMCLR.fullmatch(m)]
 
 
 def method_weights(method: str, evaluation: Mapping, results: str) -> list[str]:

@@ -133,6 +133,7 @@ def _draw(
     geometry_fn: Callable,
     rich: bool,
     texture: bool = True,
+    lesion_scale: float = 1.0,
 ) -> Rendered:
     """One image: the look from its own stream, the lesions from the grade's."""
     look = _rng(seed, dataset, _LOOK, number)
@@ -145,6 +146,7 @@ def _draw(
         _rng(seed, dataset, _LESIONS, number),
         spread_haemorrhages=haemorrhage_spread_needed(grade),
         texture=texture,
+        lesion_scale=lesion_scale,
     )
     drawn = icdr_grade(rendered.counts(), rendered.haemorrhage_quadrants())
     if drawn != grade:  # the sampler and the placement guarantee it; a bug otherwise

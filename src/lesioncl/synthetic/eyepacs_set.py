@@ -127,7 +127,7 @@ def plan_eyepacs(
 
 
 def _eyepacs_job(args) -> tuple[dict, list[dict]]:
-    record, seed, min_height, max_height, folder, texture = args
+    record, seed, min_height, max_height, folder, texture, lesion_scale = args
     record = EyepacsRecord(**record)
     path = Path(folder) / record.split / f"{record.image}.jpeg"
     geom_fn = lambda rng: eyepacs_geometry(rng, min_height, max_height, record.eye)  # noqa: E731
@@ -150,7 +150,14 @@ def _eyepacs_job(args) -> tuple[dict, list[dict]]:
             record.bad,
         ), []
     rendered = _draw(
-        seed, _EYEPACS, record.number, record.level, geom_fn, rich=False, texture=texture
+        seed,
+        _EYEPACS,
+        record.number,
+        record.level,
+        geom_fn,
+        rich=False,
+        texture=texture,
+        lesion_scale=lesion_scale,
     )
     data = _jpeg(rendered.image, EYEPACS_JPEG_QUALITY)
     if record.bad == "truncated_jpeg":
@@ -188,6 +195,7 @@ class EyepacsSetSettings:
     grade_distribution: tuple[float, ...] = DEFAULT_EYEPACS_GRADES  # grades 0..4
     public_fraction: float = 0.4  # test patients with Usage=Public
     texture: bool = True  # fine per-image fundus texture
+    lesion_scale: float = 1.0  # every lesion's size relative to the field of view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -235,7 +243,10 @@ def generate_eyepacs(
     with _Staging(out_dir) as tmp:
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
-        jobs = [(asdict(r), seed, min_height, max_height, str(tmp), texture) for r in records]
+        jobs = [
+            (asdict(r), seed, min_height, max_height, str(tmp), texture, settings.lesion_scale)
+            for r in records
+        ]
         for row, boxes in _map(_eyepacs_job, jobs, workers, "synthetic EyePACS"):
             truth.append(row)
             lesions.extend(boxes)

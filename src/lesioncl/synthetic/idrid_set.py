@@ -65,7 +65,7 @@ def idrid_paths(root: str | os.PathLike, split: str, number: int) -> tuple[Path,
 
 
 def _idrid_job(args) -> dict:
-    number, split, grade, seed, height, folder, texture = args
+    number, split, grade, seed, height, folder, texture, lesion_scale = args
     eye = "right" if _rng(seed, _IDRID, _PLAN, number).random() < 0.5 else "left"
     rendered = _draw(
         seed,
@@ -75,6 +75,7 @@ def _idrid_job(args) -> dict:
         lambda rng: idrid_geometry(rng, height, eye),
         rich=True,
         texture=texture,
+        lesion_scale=lesion_scale,
     )
     image_path, mask_paths = idrid_paths(folder, split, number)
     image_path.write_bytes(_jpeg(rendered.image, IDRID_JPEG_QUALITY))
@@ -105,6 +106,7 @@ class IdridSetSettings:
     height: int = 640  # image height in px
     grade_distribution: tuple[float, ...] = DEFAULT_IDRID_GRADES  # grades 0..4
     texture: bool = True  # fine per-image fundus texture
+    lesion_scale: float = 1.0  # every lesion's size relative to the field of view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -154,7 +156,16 @@ def generate_idrid(
             for path in masks.values():
                 path.parent.mkdir(parents=True)
         jobs = [
-            (i + 1, "train" if i < n_train else "test", g, seed, height, str(tmp), texture)
+            (
+                i + 1,
+                "train" if i < n_train else "test",
+                g,
+                seed,
+                height,
+                str(tmp),
+                texture,
+                settings.lesion_scale,
+            )
             for i, g in enumerate(grades)
         ]
         rows = list(_map(_idrid_job, jobs, workers, "synthetic IDRiD"))

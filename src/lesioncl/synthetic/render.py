@@ -58,13 +58,15 @@ def render_fundus(
     lesion_rng: np.random.Generator,
     spread_haemorrhages: bool = False,
     texture: bool = True,
+    lesion_scale: float = 1.0,
 ) -> Rendered:
     """Draw one fundus photograph with the given lesions.
 
     ``look_rng`` decides everything but the lesions (it must not depend on the
     grade); ``lesion_rng`` shapes and places the lesions. ``texture``: add the fine
     per-image texture (:data:`FINE_TEXTURE`); its draws come last from ``look_rng``,
-    so the rest of an image's look is the same either way.
+    so the rest of an image's look is the same either way. ``lesion_scale`` multiplies
+    every lesion's size relative to the field of view (1: :data:`SIZES_AT_512`).
     """
     H, W = geom.height, geom.width
     s = geom.scale
@@ -108,7 +110,7 @@ def render_fundus(
     if texture:
         albedo *= _fine_texture(look_rng, H, W, s)[..., None]
 
-    lesions = draw_lesions(geom, counts, lesion_rng, spread_haemorrhages)
+    lesions = draw_lesions(geom, counts, lesion_rng, spread_haemorrhages, lesion_scale)
     paint_lesions(albedo, lesions)
 
     illum = gain * (1 - vignette * np.power(np.minimum(rn, 1.0), power))

@@ -266,13 +266,15 @@ def draw_lesions(
     counts: dict[str, int],
     rng: np.random.Generator,
     spread_haemorrhages: bool = False,
+    lesion_scale: float = 1.0,
 ) -> list[Lesion]:
     """Shapes and places the lesions of ``counts`` (their alpha patches, not painted).
 
     ``spread_haemorrhages`` puts the first haemorrhages in the four quadrants in
-    turn, so that every quadrant holds at least one (grade 3).
+    turn, so that every quadrant holds at least one (grade 3). ``lesion_scale``
+    multiplies every lesion's size (:data:`SIZES_AT_512` at 1).
     """
-    s = geom.scale
+    s = geom.scale * float(lesion_scale)
     placer = _Placer(geom, rng)
     lesions: list[Lesion] = []
     for kind in _DRAW_ORDER:

@@ -17,6 +17,7 @@ from lesioncl.pretrain.data import (
     EpochSampler,
     LesionPairDataset,
     WholeImageDataset,
+    grow_boxes,
     image_key,
     sample_window,
     view_strength,
@@ -231,6 +232,32 @@ def test_view_warmup_slides_the_second_window_from_the_first(coord_cache):
         if epoch >= 4:
             assert np.array_equal(pair, reference)  # then the paper's views
     assert moved  # in between, the second window sits part of the way
+
+
+def test_box_margin_keeps_the_lesion_away_from_the_window_border(coord_cache):
+    """pretrain.box_margin: both windows contain the box grown by the margin, so a 1-px lesion
+    sits at least that far from their borders; 0 leaves the paper's windows unchanged."""
+    lesion = (30, 30, 31, 31)
+    boxes = {"a_left.jpeg": [lesion], "b_right.jpeg": [(1, 1, 2, 2)]}  # the second at a corner
+    margin = 4
+    grown = LesionPairDataset(coord_cache, boxes, PATCH, seed=3, box_margin=margin)
+    plain = LesionPairDataset(coord_cache, boxes, PATCH, seed=3)
+    near_border = 0
+    for epoch in range(40):
+        for view in grown[(epoch, 0)].numpy():
+            x0, y0 = int(view[0, 0, 0]), int(view[0, 0, 1])
+            assert x0 + margin <= lesion[0] and lesion[2] + margin <= x0 + PATCH
+            assert y0 + margin <= lesion[1] and lesion[3] + margin <= y0 + PATCH
+        for view in plain[(epoch, 0)].numpy():
+            x0, y0 = int(view[0, 0, 0]), int(view[0, 0, 1])
+            near_border += min(lesion[0] - x0, x0 + PATCH - lesion[2]) < margin
+        corner = grown[(epoch, 1)].numpy()[0]  # clipped at the crop's edge: still inside
+        assert int(corner[0, 0, 0]) == 0 and int(corner[0, 0, 1]) == 0
+    assert near_border  # without the margin the lesion does reach the border
+    np.testing.assert_array_equal(grow_boxes(np.array([[1.0, 2, 3, 4]]), 0, SIZE), [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(grow_boxes(np.array([[1.0, 2, 3, 4]]), 2, SIZE), [[0, 0, 5, 6]])
+    with pytest.raises(ValueError, match="box_margin"):
+        LesionPairDataset(coord_cache, boxes, PATCH, box_margin=-1)
 
 
 def test_index_and_cache_must_agree(coord_cache):

@@ -44,6 +44,9 @@ def needs_slurm(test):
     return pytest.mark.slurm(test)
 
 
+# one pytest-xdist worker runs them all: they share one local cluster (module fixtures)
+pytestmark = pytest.mark.xdist_group("slurm")
+
 GPU_TARGET = "results/detector/model.pth"
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
 

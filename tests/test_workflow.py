@@ -18,7 +18,8 @@ import yaml
 
 from conftest import REPO, run_snakemake
 
-pytestmark = pytest.mark.slow
+# one pytest-xdist worker runs every test of the demo (its session fixture runs once there)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 

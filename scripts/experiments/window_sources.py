@@ -36,6 +36,7 @@ from lesioncl.evaluation.linear import LinearSettings, run_linear
 from lesioncl.lesions import load_lesion_index, write_lesion_index
 from lesioncl.lesions import controls
 from lesioncl.pretrain.config import PretrainConfig
+from lesioncl.pretrain.data import grow_boxes
 from lesioncl.pretrain.train import run_pretraining
 from lesioncl.utils import setup_logging
 
@@ -53,16 +54,38 @@ def _crops(demo: Path) -> dict:
     return {s: open_crop_cache(demo / f"results/cache/crops_{s}.npy") for s in ("train", "val")}
 
 
+def grow(index: dict, margin: float, size: int) -> dict:
+    """Every box grown by ``margin`` px on each side (what ``pretrain.box_margin`` does)."""
+    return {
+        split: {
+            name: [tuple(b) for b in grow_boxes(np.asarray(boxes, float), margin, size)]
+            for name, boxes in images.items()
+        }
+        for split, images in index.items()
+    }
+
+
 def build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
-    """The lesion index of a variant (None: whole-image SimCLR, no index)."""
+    if "+g" in variant:  # e.g. truth+g8: the variant's boxes grown by 8 px
+        base, margin = variant.split("+g")
+        return grow(build_index(base, demo, cfg, seed), float(margin), cfg["crop"]["size"])
+    return _build_index(variant, demo, cfg, seed)
+
+
+def _build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
+    """The lesion index of a variant (None: whole-image SimCLR, or ``init``: random weights,
+    no pretraining)."""
     li = cfg["lesion_index"]
     size = cfg["crop"]["size"]
-    detector = load_lesion_index(demo / "results/lesions/lesion_index.pkl")
+
+    def detector():
+        return load_lesion_index(demo / "results/lesions/lesion_index.pkl")
+
     if variant == "detector":
-        return detector
+        return detector()
     if variant == "random":
         return controls.random_index(
-            detector, _crops(demo), controls.RandomIndexSettings(li["border_margin"], size, seed)
+            detector(), _crops(demo), controls.RandomIndexSettings(li["border_margin"], size, seed)
         )
     if variant.startswith("truth"):
         kinds = controls.DETECTOR_KINDS
@@ -75,7 +98,7 @@ def build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
         if variant == "truth_healthy":
             # lesion-free images get random windows, as many and as large as the detector's
             crops = _crops(demo)
-            for split, images in detector.items():
+            for split, images in detector().items():
                 healthy = {k: v for k, v in images.items() if k not in index[split]}
                 extra = controls.random_index(
                     {split: healthy},
@@ -84,15 +107,18 @@ def build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
                 )
                 index[split].update(extra[split])
         return index
-    if variant.startswith("simclr"):
+    if variant.startswith("simclr") or variant == "init":
         return None
     raise SystemExit(f"unknown variant {variant!r}")
 
 
 # --------------------------------------------------------------------------- one run
 def steps_per_epoch(index: dict | None, demo: Path, batch: int) -> int:
-    n = len(index["train"]) if index is not None else len(open_crop_cache(
-        demo / "results/cache/crops_train.npy")[1])
+    n = (
+        len(index["train"])
+        if index is not None
+        else len(open_crop_cache(demo / "results/cache/crops_train.npy")[1])
+    )
     return max(1, n // batch)
 
 
@@ -148,7 +174,7 @@ def run_one(variant: str, seed: int, demo: Path, cfg: dict, out: Path, steps: in
         log_images=False,
         probe_size=ev["input_size"],
     )
-    history = run_pretraining(pcfg)
+    history = run_pretraining(pcfg) if variant != "init" else [{}]
     fsettings = FeatureSettings(
         input_size=ev["input_size"], batch_size=ev["feature_batch_size"], amp=False, seed=0
     )
@@ -156,13 +182,19 @@ def run_one(variant: str, seed: int, demo: Path, cfg: dict, out: Path, steps: in
     for split in ("train", "val", "test"):
         feats[split] = run_dir / f"features_{split}.npz"
         run_feature_extraction(
-            method=variant,
+            # a pretrained method's name: the backbone is read from the weights (a variant
+            # named like a built-in, e.g. "random", would otherwise be built as one)
+            method="random"
+            if variant == "init"
+            else "simclr_64"
+            if variant.startswith("simclr")
+            else "lesion_cl",
             split=split,
             images_npy=demo / f"results/cache/crops_{split}.npy",
             images_csv=demo / f"results/cache/crops_{split}.csv",
             output=feats[split],
             arch=pt["arch"],
-            weights=run_dir / "pretrain/backbone.pth",
+            weights=None if variant == "init" else run_dir / "pretrain/backbone.pth",
             settings=fsettings,
         )
     lin = ev["linear"]
@@ -208,8 +240,11 @@ def run_one(variant: str, seed: int, demo: Path, cfg: dict, out: Path, steps: in
 
 
 def table(results: list[dict], fractions: list) -> str:
-    rows = ["| variant | seeds | steps | loss | kNN | " + " | ".join(
-        f"linear {int(float(f) * 100)} %" for f in fractions) + " |"]
+    rows = [
+        "| variant | seeds | steps | loss | kNN | "
+        + " | ".join(f"linear {int(float(f) * 100)} %" for f in fractions)
+        + " |"
+    ]
     rows.append("|---|---|---:|---:|---:|" + "---:|" * len(fractions))
     by = {}
     for r in results:
@@ -219,7 +254,7 @@ def table(results: list[dict], fractions: list) -> str:
         for f in fractions:
             k = np.array([r["linear_test_kappa"][str(f)] for r in rs], dtype=float)
             cells.append(f"{k.mean():.3f} ± {k.std(ddof=1) if len(k) > 1 else 0:.3f}")
-        loss = np.mean([r["final_loss"] for r in rs])
+        loss = np.mean([np.nan if r["final_loss"] is None else r["final_loss"] for r in rs])
         knn = np.mean([r["knn_kappa"] for r in rs if r["knn_kappa"] is not None] or [np.nan])
         rows.append(
             f"| {variant} | {','.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | "

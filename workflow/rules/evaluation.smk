@@ -20,24 +20,32 @@ FINETUNE_SEEDS = list(_FT["seeds"] or _EVAL["seeds"])
 FINETUNE_FRACTIONS = eval_plan.finetune_fractions(_EVAL)  # null: all of EVAL_FRACTIONS
 FRACTIONS_OF = {"linear": EVAL_FRACTIONS, "finetune": FINETUNE_FRACTIONS}
 EVAL_METHODS = eval_plan.methods(_EVAL)
+# Window-source controls (evaluation.controls): made by the target `controls`; the table
+# and the report include those whose results all exist (REPORT_METHODS).
+CONTROL_METHODS = eval_plan.controls(_EVAL)
 EVALUATIONS = ["linear"] + (["finetune"] if _FT["enabled"] else [])
 eval_plan.check_methods(
     EVAL_METHODS, _EVAL["extra_weights"], config["pretrain"]["simclr_sizes"]
 )
-eval_plan.check_sources(EVAL_METHODS, config["eyepacs"]["source"])
-# Every run JSON of one evaluation (methods x fractions x seeds), [] when it is off.
-EVAL_RESULTS = {
-    "linear": eval_plan.run_files(
-        RESULTS, "linear", EVAL_METHODS, EVAL_FRACTIONS, EVAL_SEEDS
+eval_plan.check_sources(EVAL_METHODS + CONTROL_METHODS, config["eyepacs"]["source"])
+# Every run JSON of one evaluation (methods x fractions x seeds), [] when it is off: of the
+# controls, and of what the table and the report show (the methods and present controls).
+SEEDS_OF = {"linear": EVAL_SEEDS, "finetune": FINETUNE_SEEDS}
+CONTROL_RESULTS = eval_plan.result_files(
+    RESULTS, CONTROL_METHODS, EVALUATIONS, FRACTIONS_OF, SEEDS_OF
+)
+REPORT_METHODS = EVAL_METHODS + eval_plan.present(
+    CONTROL_METHODS,
+    lambda m: sum(
+        eval_plan.result_files(
+            RESULTS, [m], EVALUATIONS, FRACTIONS_OF, SEEDS_OF
+        ).values(),
+        [],
     ),
-    "finetune": (
-        eval_plan.run_files(
-            RESULTS, "finetune", EVAL_METHODS, FINETUNE_FRACTIONS, FINETUNE_SEEDS
-        )
-        if "finetune" in EVALUATIONS
-        else []
-    ),
-}
+)
+REPORT_RESULTS = eval_plan.result_files(
+    RESULTS, REPORT_METHODS, EVALUATIONS, FRACTIONS_OF, SEEDS_OF
+)
 
 
 rule eval_fractions:
@@ -191,3 +199,11 @@ rule eval_finetune:
         ENV_TORCH
     script:
         "../scripts/eval_finetune.py"
+
+
+# The window-source controls (evaluation.controls): `snakemake controls`, then the default
+# target, whose kappa table and report then include them (make controls does both).
+rule controls:
+    input:
+        CONTROL_RESULTS["linear"],
+        CONTROL_RESULTS["finetune"],

@@ -95,9 +95,9 @@ _TRUTH_LESIONS = f"{RESULTS}/synthetic/eyepacs_lesions.csv"
 
 rule lesions_random_index:
     input:
-        index=f"{RESULTS}/lesions/lesion_index.pkl",
         **CROP_CACHE["train"],
         **CROP_CACHE["val"],
+        index=f"{RESULTS}/lesions/lesion_index.pkl",
     output:
         pkl=f"{RESULTS}/lesions/random/lesion_index.pkl",
         json=f"{RESULTS}/lesions/random/lesion_index.json",
@@ -150,12 +150,12 @@ rule lesions_truth_index:
 
 rule lesions_quality:
     input:
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
         index=f"{RESULTS}/lesions/lesion_index.pkl",
         random=f"{RESULTS}/lesions/random/lesion_index.pkl",
         lesions=_TRUTH_LESIONS,
         manifest=f"{RESULTS}/eyepacs/crop_manifest.csv",
-        **CROP_CACHE["train"],
-        **CROP_CACHE["val"],
     output:
         json=report(
             f"{RESULTS}/lesions/quality.json",

@@ -46,6 +46,7 @@ _PT_PARAMS = {
         "weight_decay",
         "warmup_epochs",
         "view_warmup_epochs",
+        "box_margin",
         "temperature",
         "proj_hidden",
         "proj_dim",

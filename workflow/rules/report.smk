@@ -4,7 +4,7 @@
 import os
 from pathlib import Path
 
-PRETRAINED_METHODS = eval_plan.pretrained(EVAL_METHODS)
+PRETRAINED_METHODS = eval_plan.pretrained(REPORT_METHODS)
 LARGEST_FINETUNE_FRACTION = max(FINETUNE_FRACTIONS, key=float)
 
 REPORT_TARGETS = [
@@ -45,8 +45,8 @@ QC_TARGETS = [
 
 rule kappa_table:
     input:
-        linear=EVAL_RESULTS["linear"],
-        finetune=EVAL_RESULTS["finetune"],
+        linear=REPORT_RESULTS["linear"],
+        finetune=REPORT_RESULTS["finetune"],
     output:
         csv=report(
             f"{RESULTS}/tables/kappa.csv",
@@ -61,7 +61,7 @@ rule kappa_table:
             subcategory="Kappa table",
         ),
     params:
-        methods=EVAL_METHODS,
+        methods=REPORT_METHODS,
         fractions=[float(f) for f in EVAL_FRACTIONS],
         fractions_of={e: [float(f) for f in FRACTIONS_OF[e]] for e in EVALUATIONS},
         evaluations=EVALUATIONS,
@@ -103,7 +103,7 @@ rule kappa_plot:
 
 rule confusion_plot:
     input:
-        EVAL_RESULTS["linear"] + EVAL_RESULTS["finetune"],
+        REPORT_RESULTS["linear"] + REPORT_RESULTS["finetune"],
     output:
         report(
             f"{RESULTS}/plots/confusion_test.png",
@@ -112,7 +112,7 @@ rule confusion_plot:
             subcategory="Confusion matrices",
         ),
     params:
-        methods=EVAL_METHODS,
+        methods=REPORT_METHODS,
         evaluations=EVALUATIONS,
     log:
         f"{LOGS}/confusion_plot/confusion_plot.log",
@@ -153,7 +153,7 @@ rule finetune_curves_plot:
     input:
         expand(
             f"{RESULTS}/eval/finetune/{{method}}/frac{LARGEST_FINETUNE_FRACTION}_seed{FINETUNE_SEEDS[0]}_history.csv",
-            method=EVAL_METHODS,
+            method=REPORT_METHODS,
         ),
     output:
         report(
@@ -163,7 +163,7 @@ rule finetune_curves_plot:
             subcategory="Fine-tuning curves",
         ),
     params:
-        methods=EVAL_METHODS,
+        methods=REPORT_METHODS,
         title=f"Fine-tuning with {float(LARGEST_FINETUNE_FRACTION) * 100:g}% of the labels, seed {FINETUNE_SEEDS[0]}",
     log:
         f"{LOGS}/finetune_curves_plot/finetune_curves_plot.log",
@@ -189,7 +189,7 @@ rule report_front_page:
     params:
         config=config,
         configfiles=REPORT_CONFIGFILES,
-        methods=EVAL_METHODS,
+        methods=REPORT_METHODS,
     log:
         f"{LOGS}/report_front_page/report_front_page.log",
     threads: 1

@@ -8,6 +8,7 @@ the workflow's config sections as dicts.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -25,6 +26,18 @@ def methods(evaluation: Mapping) -> list[str]:
     """``evaluation.methods`` followed by the names of ``evaluation.extra_weights`` not in it."""
     listed = list(evaluation["methods"])
     return listed + [m for m in evaluation["extra_weights"] if m not in listed]
+
+
+def controls(evaluation: Mapping) -> list[str]:
+    """``evaluation.controls`` not already among the methods (run by the target ``controls``)."""
+    listed = methods(evaluation)
+    return [m for m in evaluation.get("controls", []) if m not in listed]
+
+
+def present(names: Sequence[str], files_of) -> list[str]:
+    """The methods of ``names`` all of whose result files (``files_of(method)``) exist: the
+    controls the kappa table and the report include (a control not run yet is left out)."""
+    return [m for m in names if all(os.path.exists(f) for f in files_of(m))]
 
 
 def check_methods(names: Sequence[str], extra_weights: Mapping, simclr_sizes: Sequence) -> None:
@@ -97,6 +110,20 @@ def run_files(
         f"{results}/eval/{evaluation}/{method}/frac{fraction}_seed{seed}.json"
         for method, fraction, seed in itertools.product(names, fractions, seeds)
     ]
+
+
+def result_files(
+    results: str,
+    names: Sequence[str],
+    evaluations: Sequence[str],
+    fractions_of: Mapping[str, Sequence[str]],
+    seeds_of: Mapping[str, Sequence],
+) -> dict[str, list[str]]:
+    """Every run JSON of ``names``, per evaluation (``linear``, ``finetune``; [] when off)."""
+    return {
+        e: run_files(results, e, names, fractions_of[e], seeds_of[e]) if e in evaluations else []
+        for e in ("linear", "finetune")
+    }
 
 
 def images_per_minute(device: str) -> int:

@@ -71,6 +71,9 @@ class PretrainConfig:
     # View warm-up: the two training views of a sample start identical (one window, not
     # augmented) and grow apart linearly to the paper's views over these epochs (0: none).
     view_warmup_epochs: int = 0
+    # Lesion boxes grown by this many pixels on each side before the two windows are drawn:
+    # the lesion stays that far from the windows' borders (0: the paper's windows).
+    box_margin: float = 0.0
     temperature: float = 0.07
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -95,6 +98,8 @@ class PretrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
+        if self.box_margin < 0:
+            raise ValueError(f"box_margin must be >= 0, got {self.box_margin}")
         if self.view_warmup_epochs < 0:
             raise ValueError(f"view_warmup_epochs must be >= 0, got {self.view_warmup_epochs}")
         if self.mode == "lesion" and not self.lesion_index:

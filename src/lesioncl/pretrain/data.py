@@ -79,6 +79,18 @@ def sample_window(
     return int(rng.integers(ax, bx + 1)), int(rng.integers(ay, by + 1))
 
 
+def grow_boxes(boxes: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """Boxes ``(n, 4)`` grown by ``margin`` px on each side, clipped to the ``size`` crop.
+
+    A window that contains the grown box keeps the lesion at least ``margin`` px from its
+    border (``pretrain.box_margin``), where a view's rotation, crop or shift cannot cut it.
+    """
+    if margin <= 0:
+        return boxes
+    grown = boxes + np.array([-margin, -margin, margin, margin], dtype=np.float64)
+    return np.clip(grown, 0.0, float(size))
+
+
 def view_strength(epoch: int, warmup_epochs: int) -> float:
     """How different the two views of a sample are in ``epoch`` (0-based) of a view warm-up.
 
@@ -134,7 +146,8 @@ class LesionPairDataset(_CacheDataset):
 
     ``boxes`` is one split of the lesion index (``{'10_left.jpeg': [(x1, y1, x2, y2), ...]}``
     in crop pixels). Images without a box are left out (and counted in the log); an
-    image of the index that is not in the cache is an error.
+    image of the index that is not in the cache is an error. ``box_margin`` grows every
+    box before the windows are drawn (:func:`grow_boxes`; 0: the paper's windows).
     """
 
     def __init__(
@@ -146,9 +159,12 @@ class LesionPairDataset(_CacheDataset):
         stream: int = TRAIN_STREAM,
         index_file: str | os.PathLike = "the lesion index",
         view_warmup_epochs: int = 0,
+        box_margin: float = 0.0,
     ):
         super().__init__(cache, seed, stream)
         self.view_warmup_epochs = int(view_warmup_epochs)
+        if box_margin < 0:
+            raise ValueError(f"pretrain.box_margin must be >= 0, got {box_margin}")
         if patch > self.size:
             raise ValueError(
                 f"pretrain.patch_size {patch} is larger than the cached crops ({self.size} px, "
@@ -185,7 +201,7 @@ class LesionPairDataset(_CacheDataset):
             if len(arr) == 0:
                 empty += 1
                 continue
-            self.items.append((row_of[image_key(str(name))], arr))
+            self.items.append((row_of[image_key(str(name))], grow_boxes(arr, box_margin, self.size)))
         if empty:
             log.info("%s: %d images without lesion boxes are left out", index_file, empty)
         if not self.items:

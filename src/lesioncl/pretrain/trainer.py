@@ -133,6 +133,7 @@ class Trainer(TrainerRecords):
                 TRAIN_STREAM,
                 index_file=f"{cfg.lesion_index} [train]",
                 view_warmup_epochs=cfg.view_warmup_epochs,
+                box_margin=cfg.box_margin,
             )
             val = None
             if cfg.val_cache and index.get("val"):
@@ -143,6 +144,7 @@ class Trainer(TrainerRecords):
                     cfg.seed,
                     VAL_STREAM,
                     index_file=f"{cfg.lesion_index} [val]",
+                    box_margin=cfg.box_margin,
                 )
             elif cfg.val_cache:
                 log.warning("%s has no val images: no validation loss", cfg.lesion_index)

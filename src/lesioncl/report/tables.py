@@ -196,6 +196,26 @@ def format_cell(
     return text
 
 
+#: What each kind of method is, for the table's legend (simclr_<size> and other names below).
+METHOD_NOTES = {
+    "lesion_cl": "lesion-based CL on windows around the detector's boxes (the paper)",
+    "lesion_cl_random": "control: the same boxes, counts and sizes, at random places in the "
+    "field of view",
+    "lesion_cl_truth": "oracle: windows around the synthetic generator's true lesions",
+    "random": "random initialisation, no pretraining",
+    "imagenet": "torchvision's ImageNet weights",
+}
+
+
+def method_note(method: str) -> str:
+    """One line on what ``method`` is (the kappa table's legend)."""
+    if method in METHOD_NOTES:
+        return METHOD_NOTES[method]
+    if method.startswith("simclr_") and method[len("simclr_") :].isdigit():
+        return f"whole-image SimCLR, the crop resized to {method[len('simclr_') :]} px"
+    return "weights from evaluation.extra_weights"
+
+
 def fraction_label(fraction: float) -> str:
     return f"{float(fraction) * 100:g}%"
 
@@ -212,6 +232,7 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         "'–': not run in this configuration (e.g. a label fraction that is not in "
         "evaluation.finetune.fractions)."
     )
+    lines += ["", *(f"- `{m}`: {method_note(m)}" for m in methods)]
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
     if table["test_kappa_tuned_mean"].notna().any():
         blocks.append(

@@ -201,7 +201,9 @@ class LesionPairDataset(_CacheDataset):
             if len(arr) == 0:
                 empty += 1
                 continue
-            self.items.append((row_of[image_key(str(name))], grow_boxes(arr, box_margin, self.size)))
+            self.items.append(
+                (row_of[image_key(str(name))], grow_boxes(arr, box_margin, self.size))
+            )
         if empty:
             log.info("%s: %d images without lesion boxes are left out", index_file, empty)
         if not self.items:

@@ -110,9 +110,7 @@ class CropParams:
                 )
             object.__setattr__(self, "detect_scale", scale)
         if self.detect_max_upscale < 1:
-            raise ValueError(
-                f"crop.detect_max_upscale must be >= 1, got {self.detect_max_upscale}"
-            )
+            raise ValueError(f"crop.detect_max_upscale must be >= 1, got {self.detect_max_upscale}")
         if self.strip_divisor < 1:
             raise ValueError(f"crop.strip_divisor must be >= 1, got {self.strip_divisor}")
         if not 0 <= self.min_box_fraction <= 1:
@@ -227,10 +225,12 @@ def refine_box(
     box: Sequence[int], fine: np.ndarray, k: int, coarse: int, params: CropParams
 ) -> tuple[int, int, int, int]:
     """A foreground box found on the image reduced ``coarse`` times, its edges searched
-    again on ``fine``, the image reduced ``k < coarse`` times: each within a band of
-    ``coarse / k + 2`` pixels around it (ends may pass the image by less than ``k``). The box error falls from about ``coarse`` to
-    about ``k`` full-resolution pixels (0 at ``k == 1``, where the PIL blur is applied
-    as in the original; the band's margin makes the blur of a band that of the image).
+    again on ``fine``, the image reduced ``k < coarse`` times, each within a band of
+    ``coarse / k + 2`` pixels around it (x2, y2 may pass the image by less than ``k``).
+
+    The box error falls from about ``coarse`` to about ``k`` full-resolution pixels (0
+    at ``k == 1``, where the PIL blur is applied as in the original; a band is blurred
+    with a 2-pixel margin, so its blur is that of the whole image).
     """
     height, width = fine.shape[:2]
     band = coarse // k + 2

@@ -134,16 +134,17 @@ def _resize_from(im: Image.Image, box: Sequence[float], size: tuple[int, int]) -
     return region.resize(size, Image.LANCZOS, box=rel)
 
 
-def _resample_area(im: Image.Image, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
-    """The region ``box`` (in ``im`` pixels) resampled to ``size`` with OpenCV's area
-    filter (antialiased when shrinking, bilinear when enlarging). The region is rounded to
-    whole pixels of ``im``: at a 1/k decode its edges move by at most k/2
-    full-resolution pixels."""
+def _resample_area(arr: np.ndarray, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
+    """The region ``box`` (in pixels of the (h, w, 3) array ``arr``) resampled to ``size``
+    with OpenCV's area filter (antialiased when shrinking, bilinear when enlarging). The
+    region is rounded to whole pixels of ``arr``: from a 1/k decode its edges move by at
+    most k/2 full-resolution pixels."""
     import cv2
 
+    height, width = arr.shape[:2]
     x1, y1, x2, y2 = (round(c) for c in box)
-    x2, y2 = max(min(x2, im.width), x1 + 1), max(min(y2, im.height), y1 + 1)
-    region = np.asarray(im)[y1:y2, x1:x2]
+    x2, y2 = max(min(x2, width), x1 + 1), max(min(y2, height), y1 + 1)
+    region = arr[y1:y2, x1:x2]
     if region.shape[1::-1] == tuple(size):
         return Image.fromarray(np.ascontiguousarray(region))
     return Image.fromarray(cv2.resize(region, size, interpolation=cv2.INTER_AREA))
@@ -176,7 +177,9 @@ def crop_image(
     header = _open(data, src)
     width, height = header.size
     k_search = search_factor(height, params)
-    k_dec = min(decode_factor(width, height, params), k_search, detect_factor(width, height, params))
+    k_dec = min(
+        decode_factor(width, height, params), k_search, detect_factor(width, height, params)
+    )
     if header.format != "JPEG":
         k_dec = 1  # no DCT scaling: a full decode, reduced by box averaging below
     im, width, height, got = decode_reduced(data, src, k_dec)
@@ -196,8 +199,9 @@ def crop_image(
             "blank",
             f"mean intensity {mean:.2f} < crop.min_mean_intensity {params.min_mean_intensity}",
         )
-    fine = np.asarray(im) if k_dec < k_search else None
-    box, method = choose_box(width, height, search_arr, k_search, params, fine, k_dec)
+    write_det = det_path is not None and params.detect_scale is not None
+    decoded = np.asarray(im) if k_dec < k_search or write_det else None
+    box, method = choose_box(width, height, search_arr, k_search, params, decoded, k_dec)
 
     # the coarsest reduction that leaves this box >= size (often the search image)
     k_crop = max(k_dec, box_factor(min(box[2] - box[0], box[3] - box[1]), params.size))
@@ -205,13 +209,12 @@ def crop_image(
     if out_path is not None:
         crop = _resize_from(at(k_crop), [c / k_crop for c in box], (params.size, params.size))
         save_jpeg(crop, out_path, 100)
-    if det_path is not None and params.detect_scale is not None:
+    if write_det:
         dw, dh = detect_size(box, params.detect_scale)
         k_det = min(region_factor(box, (dw, dh), params.detect_max_upscale), k_dec)
-        source = im
         if k_det < k_dec:  # a box lower than expected: this decode is too coarse for it
-            source, *_ = decode_reduced(data, src, k_det)
-        det = _resample_area(source, [c / k_det for c in box], (dw, dh))
+            decoded = np.asarray(decode_reduced(data, src, k_det)[0])
+        det = _resample_area(decoded, [c / k_det for c in box], (dw, dh))
         save_jpeg(det, det_path, params.detect_quality)
         result.det_width, result.det_height, result.det_scale = dw, dh, k_det
     return result

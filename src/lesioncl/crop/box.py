@@ -182,7 +182,9 @@ def _thresholds(strips: Sequence[np.ndarray], bright_margin: float) -> list[int 
     """Per channel, the lowest foreground value: the maximum over the border ``strips``,
     plus ``bright_margin``, plus one (``pixel > bg + margin`` for integer pixels); None
     when that exceeds 255."""
-    background = np.max([s.max(axis=(0, 1)) for s in strips], axis=0)
+    # max over rows, then columns: numpy's max over a tuple of axes of a strided slice is
+    # ~30x slower
+    background = np.max([s.max(axis=0).max(axis=0) for s in strips], axis=0)
     out: list[int | None] = []
     for bg in background:
         threshold = math.floor(float(bg) + bright_margin) + 1

@@ -136,9 +136,10 @@ def _resize_from(im: Image.Image, box: Sequence[float], size: tuple[int, int]) -
 
 def _resample_area(arr: np.ndarray, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
     """The region ``box`` (in pixels of the (h, w, 3) array ``arr``) resampled to ``size``
-    with OpenCV's area filter (antialiased when shrinking, bilinear when enlarging). The
-    region is rounded to whole pixels of ``arr``: from a 1/k decode its edges move by at
-    most k/2 full-resolution pixels."""
+    with OpenCV: bilinear when it shrinks by less than 2 (every pixel counts; what the
+    detector's own resize does) or grows, area-averaged when it shrinks more. The region
+    is rounded to whole pixels of ``arr``: from a 1/k decode its edges move by at most
+    k/2 full-resolution pixels."""
     import cv2
 
     height, width = arr.shape[:2]
@@ -147,7 +148,9 @@ def _resample_area(arr: np.ndarray, box: Sequence[float], size: tuple[int, int])
     region = arr[y1:y2, x1:x2]
     if region.shape[1::-1] == tuple(size):
         return Image.fromarray(np.ascontiguousarray(region))
-    return Image.fromarray(cv2.resize(region, size, interpolation=cv2.INTER_AREA))
+    shrink = max(region.shape[1] / size[0], region.shape[0] / size[1])
+    how = cv2.INTER_LINEAR if shrink < 2 else cv2.INTER_AREA
+    return Image.fromarray(cv2.resize(region, size, interpolation=how))
 
 
 def save_jpeg(im: Image.Image, path: str | os.PathLike, quality: int) -> None:

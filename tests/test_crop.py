@@ -316,6 +316,21 @@ def test_detection_crop_size_and_scale(tmp_path):
     assert (tmp_path / "o.jpeg").read_bytes() == (tmp_path / "o2.jpeg").read_bytes()
 
 
+def test_small_detection_crop_is_area_averaged(tmp_path):
+    """A detection crop far smaller than the decode averages its pixels: fine stripes
+    (6 px period) fade to grey as in the ideal resampling, instead of aliasing."""
+    arr = fundus(2400, 1600, 1190, 800, 860).astype(np.int16)
+    stripes = (40 * ((np.arange(2400) // 3) % 2) - 20).astype(np.int16)
+    inside = arr.max(axis=2) > 20
+    arr = np.clip(arr + np.where(inside[..., None], stripes[None, :, None], 0), 0, 255).astype(np.uint8)
+    src = save_jpeg(arr, tmp_path / "f.jpeg")
+    res = crop_image(src, None, tmp_path / "s.jpeg", CropParams(detect_scale=(200, 150)))
+    assert res.det_scale == 2 and res.det_height == 150  # from the 1/2 decode, 5x smaller
+    ideal = np.asarray(Image.fromarray(arr).resize((res.det_width, res.det_height), Image.LANCZOS,
+                                                   box=res.box)).astype(np.int16)
+    assert np.abs(read(tmp_path / "s.jpeg") - ideal).mean() < 3  # bilinear sampling: ~8.6
+
+
 def test_detection_crop_of_a_low_box_is_decoded_again(tmp_path):
     """A wide image whose field of view is lower than the image: the decode chosen for a
     full-height box is too coarse for its detection crop, which is decoded at 1/1."""

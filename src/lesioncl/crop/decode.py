@@ -134,7 +134,7 @@ def _resize_from(im: Image.Image, box: Sequence[float], size: tuple[int, int]) -
     return region.resize(size, Image.LANCZOS, box=rel)
 
 
-def _resample_area(arr: np.ndarray, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
+def _resample_region(arr: np.ndarray, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
     """The region ``box`` (in pixels of the (h, w, 3) array ``arr``) resampled to ``size``
     with OpenCV: bilinear when it shrinks by less than 2 (every pixel counts; what the
     detector's own resize does) or grows, area-averaged when it shrinks more. The region
@@ -217,7 +217,7 @@ def crop_image(
         k_det = min(region_factor(box, (dw, dh), params.detect_max_upscale), k_dec)
         if k_det < k_dec:  # a box lower than expected: this decode is too coarse for it
             decoded = np.asarray(decode_reduced(data, src, k_det)[0])
-        det = _resample_area(decoded, [c / k_det for c in box], (dw, dh))
+        det = _resample_region(decoded, [c / k_det for c in box], (dw, dh))
         save_jpeg(det, det_path, params.detect_quality)
         result.det_width, result.det_height, result.det_scale = dw, dh, k_det
     return result

@@ -58,9 +58,10 @@ def test_every_setting_has_a_default():
 # None: an operational value the script adds (job.operational), not checked.
 SETTINGS_SOURCES = {
     "lesioncl.crop:CropParams": {
-        k: f"crop.{k}" for k in ("size", "detect_max_size", "bright_margin", "wide_ratio", "strip_divisor",
-                                 "min_box_fraction", "min_mean_intensity", "search_min_height",
-                                 "detect_quality", "reject_no_foreground")
+        **{k: f"crop.{k}" for k in ("size", "detect_max_upscale", "bright_margin", "wide_ratio", "strip_divisor",
+                                    "min_box_fraction", "min_mean_intensity", "search_min_height",
+                                    "detect_quality", "reject_no_foreground")},
+        "detect_scale": "detector.img_scale",
     },
     "lesioncl.evaluation.finetune:FinetuneSettings": {
         **{k: f"evaluation.finetune.{k}" for k in ("epochs", "min_steps_per_epoch", "batch_size", "lr", "momentum",

@@ -98,10 +98,11 @@ def test_small_foreground_box_falls_back_to_square(tmp_path):
 def test_portrait_image_gets_centred_width_square(tmp_path):
     arr = fundus(600, 800, 300, 400, 290)
     res = crop_image(save_jpeg(arr, tmp_path / "p.jpeg"), tmp_path / "o.jpeg", tmp_path / "d.jpeg",
-                     CropParams(detect_max_size=None))
+                     CropParams(detect_scale=(800, 600)))
     assert res.box == (0, 100, 600, 700)  # clamped to the image, aspect kept
     assert Image.open(tmp_path / "o.jpeg").size == (512, 512)
     assert (res.det_width, res.det_height) == (600, 600) == Image.open(tmp_path / "d.jpeg").size
+    assert res.det_scale == 1
 
 
 def test_square_box_geometry():
@@ -139,7 +140,7 @@ def test_retina_crop_fills_the_frame(retina_jpeg, tmp_path):
     wide = np.zeros((1411, 2200, 3), np.uint8)
     wide[:, 500:1911] = data.retina()
     res = crop_image(save_jpeg(wide, tmp_path / "wide.jpeg"), tmp_path / "o.jpeg", tmp_path / "d.jpeg",
-                     CropParams(detect_max_size=800))
+                     CropParams(detect_scale=(800, 600)))
     assert res.box_method == "foreground"
     x1, y1, x2, y2 = res.box
     assert abs(x1 - 508) <= 8 and abs(x2 - 1902) <= 8 and y1 <= 8 and y2 >= 1400, res.box
@@ -153,7 +154,8 @@ def test_retina_crop_fills_the_frame(retina_jpeg, tmp_path):
     # and it is the same picture as the crop of the original square photo
     assert np.abs(out - read(tmp_path / "sq.jpeg")).mean() < 6
     det = Image.open(tmp_path / "d.jpeg")
-    assert det.size == (res.det_width, res.det_height) and max(det.size) == 800
+    assert det.size == (res.det_width, res.det_height) == C.detect_size(res.box, (800, 600))
+    assert min(det.size) == 600  # the box is nearly square: its short side fits 600
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
@@ -175,7 +177,7 @@ def test_retina_photo_as_png_and_tiff(retina_jpeg, tmp_path, fmt):
     wide[:, 500:1911] = photo
     src = tmp_path / f"wide.{ext}"
     Image.fromarray(wide).save(src, format=fmt)
-    res = crop_image(src, tmp_path / "o.jpeg", tmp_path / "d.jpeg", CropParams(detect_max_size=800))
+    res = crop_image(src, tmp_path / "o.jpeg", tmp_path / "d.jpeg", CropParams(detect_scale=(800, 600)))
     _, ref_box, ref_method = crop_reference(src)
     assert res.box_method == ref_method == "foreground"
     assert max(abs(a - b) for a, b in zip(res.box, ref_box)) <= 8, (res.box, ref_box)
@@ -186,7 +188,7 @@ def test_retina_photo_as_png_and_tiff(retina_jpeg, tmp_path, fmt):
     crop_image(retina_jpeg, jpeg_crop, None, CropParams())
     assert np.abs(out - read(jpeg_crop)).mean() < 6
     det = Image.open(tmp_path / "d.jpeg")
-    assert det.size == (res.det_width, res.det_height) and max(det.size) == 800
+    assert det.size == (res.det_width, res.det_height) == C.detect_size(res.box, (800, 600))
 
 
 def test_other_modes_become_rgb(tmp_path):
@@ -212,9 +214,10 @@ def test_other_modes_become_rgb(tmp_path):
     "w,h,cx,cy,rad,search_min_height",
     [
         (960, 600, 470, 300, 320, 500),  # search at full resolution: exact blur
-        (960, 600, 470, 300, 320, 100),  # search on a 1/4 DCT decode
-        (1600, 1000, 790, 510, 540, 120),  # 1/8 search, 1/2 decode for the 512 crop
-        (1500, 1000, 745, 500, 470, 500),  # 1/2 search and decode
+        (960, 600, 470, 300, 320, 100),  # search on a 1/4 DCT decode, refined on the full one
+        (1600, 1000, 790, 510, 540, 120),  # 1/8 search, refined at full resolution
+        (1500, 1000, 745, 500, 470, 500),  # 1/2 search, refined at full resolution
+        (3000, 2000, 1480, 1010, 1080, 500),  # 1/4 search, 1/2 decode: refined at 1/2
     ],
 )
 def test_fast_path_matches_plain_algorithm(tmp_path, w, h, cx, cy, rad, search_min_height):
@@ -222,12 +225,13 @@ def test_fast_path_matches_plain_algorithm(tmp_path, w, h, cx, cy, rad, search_m
     params = CropParams(search_min_height=search_min_height)
     res = crop_image(src, tmp_path / "o.jpeg", None, params)
     ref_img, ref_box, ref_method = crop_reference(src, params)
-    k = C.search_factor(h, params)
+    k_search = C.search_factor(h, params)
+    k_dec = min(C.decode_factor(w, h, params), k_search, C.detect_factor(w, h, params))
     assert res.box_method == ref_method == "foreground"
     diff = max(abs(a - b) for a, b in zip(res.box, ref_box))
-    if k == 1:
+    if k_dec == 1:  # searched (or refined) at full resolution with PIL's blur: exact
         assert res.box == ref_box
-    assert diff <= k, (res.box, ref_box, k)
+    assert diff <= 2 and k_dec <= 2, (res.box, ref_box, k_search, k_dec)
     out, ref = read(tmp_path / "o.jpeg"), np.asarray(ref_img).astype(np.int16)
     assert out.shape == ref.shape == (512, 512, 3)
     err = np.abs(out - ref)
@@ -236,32 +240,116 @@ def test_fast_path_matches_plain_algorithm(tmp_path, w, h, cx, cy, rad, search_m
     assert np.percentile(err, 99) < 16
 
 
+def test_refined_box_is_within_the_refining_scale():
+    """A box found on a 1/4 reduction, its edges searched again on the 1/2 and the full
+    image: within 2 px of the plain algorithm's, then exactly it."""
+    arr = fundus(1800, 1200, 880, 610, 650, seed=5)
+    params = CropParams()
+    ref_box = C.foreground_box(C.pil_blur(arr), 10, 32)
+    half = np.asarray(Image.fromarray(arr).reduce(2))
+    quarter = np.asarray(Image.fromarray(arr).reduce(4))
+    coarse = tuple(4 * c for c in C.foreground_box(quarter, 10, 32))
+    assert max(abs(a - b) for a, b in zip(coarse, ref_box)) <= 4
+    refined = C.refine_box(coarse, half, 2, 4, params)
+    assert max(abs(a - b) for a, b in zip(refined, ref_box)) <= 2, (refined, ref_box)
+    assert C.refine_box(coarse, arr, 1, 4, params) == ref_box
+    # a box already exact stays so; one off by a 1/4 pixel on every side comes back
+    assert C.refine_box(ref_box, arr, 1, 2, params) == ref_box
+    x1, y1, x2, y2 = ref_box
+    off = (x1 + 4, y1, x2 - 4, y2)
+    assert C.refine_box(off, arr, 1, 4, params) == ref_box
+    assert max(abs(a - b) for a, b in zip(C.refine_box(off, half, 2, 4, params), ref_box)) <= 2
+    off = (x1 - 4, y1, x2 + 3, y2)
+    assert C.refine_box(off, arr, 1, 4, params) == ref_box
+
+
 def test_decode_scale_never_upsamples():
-    params = CropParams(size=512, detect_max_size=1600)
+    params = CropParams(size=512, detect_scale=(1600, 1200))
     for w, h in [(3888, 2592), (2592, 1944), (4752, 3168), (1536, 1024), (400, 315), (3000, 3000),
-                 (2000, 3000), (640, 480), (5184, 3456)]:
+                 (2000, 3000), (640, 480), (5184, 3456), (3504, 2336)]:
         bound = C.smallest_box_side(w, h, params)
-        k = C.decode_factor(w, h, params, with_detect=False)
+        k = C.decode_factor(w, h, params)
         assert k == 1 or bound / k >= 512
         assert k == 8 or k == 1 or bound / (2 * k) < 512  # and it is the coarsest such scale
-        kd = C.decode_factor(w, h, params, with_detect=True)
-        assert kd <= k and (kd == 1 or bound / kd >= 1600)
-    assert C.decode_factor(3888, 2592, params, with_detect=False) == 4
-    assert C.decode_factor(3888, 2592, CropParams(detect_max_size=None)) == 1
+        # the detection crop of a box as high as the image: at most 1.05x upscaled
+        kd = C.detect_factor(w, h, params)
+        side = min(w, h)
+        dw, dh = C.detect_size((0, 0, side, side), params.detect_scale)
+        assert kd == 1 or side / kd * 1.05 >= max(dw, dh)
+        assert kd == 8 or side / (2 * kd) * 1.05 < max(dw, dh)
+    assert C.decode_factor(3888, 2592, params) == 4
+    assert C.detect_factor(3504, 2336, params) == 2  # 1168 px for a 1200 px input: 1.03x
+    assert C.detect_factor(3504, 2336, CropParams(detect_max_upscale=1.0)) == 1
+    assert C.detect_factor(2592, 1944, params) == 1
+    assert C.detect_factor(4752, 3168, params) == 2
+
+
+def test_detect_size_is_mmdetection_keep_ratio_resize():
+    """The detection crop is what the detector's keep-ratio Resize makes of the box, so
+    the detector reads it without resizing it again."""
+    mmcv = pytest.importorskip("mmcv")
+    for bw, bh in [(2453, 2336), (3300, 3168), (600, 600), (300, 200), (1227, 1168), (1000, 1600),
+                   (2801, 2592), (5000, 1000)]:
+        for scale in [(1600, 1200), (512, 384), (1333, 800)]:
+            expected = mmcv.rescale_size((bw, bh), scale)
+            assert C.detect_size((10, 20, 10 + bw, 20 + bh), scale) == expected, (bw, bh, scale)
+            assert mmcv.rescale_size(expected, scale) == expected  # a second resize is a no-op
 
 
 def test_detection_crop_size_and_scale(tmp_path):
     w, h = 2400, 1600
-    src = save_jpeg(fundus(w, h, 1190, 800, 860), tmp_path / "f.jpeg")
-    params = CropParams(detect_max_size=600, search_min_height=500)
+    arr = fundus(w, h, 1190, 800, 860)
+    src = save_jpeg(arr, tmp_path / "f.jpeg")
+    params = CropParams(detect_scale=(800, 600), search_min_height=500)
     res = crop_image(src, tmp_path / "o.jpeg", tmp_path / "d.jpeg", params)
     assert res.decode_scale == 2  # 0.8 * 1600 / 2 >= 512, / 4 is not
-    bw, bh = res.box[2] - res.box[0], res.box[3] - res.box[1]
-    assert max(res.det_width, res.det_height) == 600
-    assert abs(res.det_width / res.det_height - bw / bh) < 0.01
+    assert res.det_scale == 2  # a 1600 px high box for a 600 px crop: 1/2 decode
+    assert (res.det_width, res.det_height) == C.detect_size(res.box, (800, 600))
+    assert res.det_height == 600
     assert Image.open(tmp_path / "d.jpeg").size == (res.det_width, res.det_height)
-    assert C.detect_size((0, 0, 300, 200), 600) == (300, 200)  # never upscaled
-    assert C.detect_size((10, 0, 1210, 600), 600) == (600, 300)
+    # the detection crop is the box: compare with the box resampled from the full image
+    ideal = np.asarray(Image.fromarray(arr).resize((res.det_width, res.det_height), Image.LANCZOS,
+                                                   box=res.box)).astype(np.int16)
+    assert np.abs(read(tmp_path / "d.jpeg") - ideal).mean() < 2.5
+    # the 512 crop does not depend on whether the detection crop is written
+    crop_image(src, tmp_path / "o2.jpeg", None, params)
+    assert (tmp_path / "o.jpeg").read_bytes() == (tmp_path / "o2.jpeg").read_bytes()
+
+
+def test_small_detection_crop_is_area_averaged(tmp_path):
+    """A detection crop far smaller than the decode averages its pixels: fine stripes
+    (6 px period) fade to grey as in the ideal resampling, instead of aliasing."""
+    arr = fundus(2400, 1600, 1190, 800, 860).astype(np.int16)
+    stripes = (40 * ((np.arange(2400) // 3) % 2) - 20).astype(np.int16)
+    inside = arr.max(axis=2) > 20
+    arr = np.clip(arr + np.where(inside[..., None], stripes[None, :, None], 0), 0, 255).astype(np.uint8)
+    src = save_jpeg(arr, tmp_path / "f.jpeg")
+    res = crop_image(src, None, tmp_path / "s.jpeg", CropParams(detect_scale=(200, 150)))
+    assert res.det_scale == 2 and res.det_height == 150  # from the 1/2 decode, 5x smaller
+    ideal = np.asarray(Image.fromarray(arr).resize((res.det_width, res.det_height), Image.LANCZOS,
+                                                   box=res.box)).astype(np.int16)
+    assert np.abs(read(tmp_path / "s.jpeg") - ideal).mean() < 3  # bilinear sampling: ~8.6
+
+
+def test_detection_crop_of_a_low_box_is_decoded_again(tmp_path):
+    """A wide image whose field of view is lower than the image: the decode chosen for a
+    full-height box is too coarse for its detection crop, which is decoded at 1/1."""
+    w, h = 2400, 1600
+    src = save_jpeg(fundus(w, h, 1200, 800, 690), tmp_path / "f.jpeg")  # 1380 px high disk
+    params = CropParams(detect_scale=(1600, 1200))
+    assert C.detect_factor(w, h, params) == 1  # 1600 / 2 * 1.05 < 1200: already 1/1
+    params = CropParams(detect_scale=(1100, 780))  # 1600 / 2 * 1.05 >= 780: 1/2 expected
+    assert C.detect_factor(w, h, params) == 2
+    res = crop_image(src, tmp_path / "o.jpeg", tmp_path / "d.jpeg", params)
+    assert res.box_method == "foreground" and res.box[3] - res.box[1] < 1400
+    assert res.det_scale == 1 and res.det_height == 780  # 1380 / 2 * 1.05 < 780
+    assert Image.open(tmp_path / "d.jpeg").size == (res.det_width, res.det_height)
+
+
+def test_detect_splits_are_the_lesion_index_splits():
+    from lesioncl.lesions import SPLITS
+
+    assert tuple(C.DETECT_SPLITS) == tuple(SPLITS)
 
 
 # --------------------------------------------------------------------------- rejects
@@ -344,7 +432,7 @@ def small_labels(tmp_path) -> Path:
     return path
 
 
-def _run_shards(labels, out, n_shards, workers=1, params=CropParams(detect_max_size=256)):
+def _run_shards(labels, out, n_shards, workers=1, params=CropParams(detect_scale=(256, 192))):
     tables = []
     for s in range(n_shards):
         table = out / "crops" / f"shard_{s}.csv"
@@ -373,10 +461,17 @@ def test_crop_shards_and_merge(small_labels, tmp_path):
     assert summary["box_method"]["square_small_box"] == 1  # image 15 has a small disk
     for r in manifest.itertuples():
         assert Image.open(r.path).size == (512, 512)
-        assert Image.open(r.det_path).size == (r.det_width, r.det_height)
         assert Path(r.path).name == f"{r.image}.jpeg"
-        assert max(r.det_width, r.det_height) <= 256
         assert 0 <= r.box_x1 < r.box_x2 <= r.orig_width and 0 <= r.box_y1 < r.box_y2 <= r.orig_height
+        if r.split == "test":  # the detector never sees the test images: no detection crop
+            assert pd.isna(r.det_path) and pd.isna(r.det_width) and pd.isna(r.det_height)
+            continue
+        assert Image.open(r.det_path).size == (r.det_width, r.det_height)
+        assert (r.det_width, r.det_height) == C.detect_size(
+            (r.box_x1, r.box_y1, r.box_x2, r.box_y2), (256, 192))
+    det_files = {f.stem for f in (out / "crops_det").rglob("*.jpeg")}
+    assert det_files == set(manifest.loc[manifest["split"] != "test", "image"])
+    assert summary["det_scale"]["1"] == int((manifest["split"] != "test").sum())
     qc = Image.open(out / "qc.png")
     assert qc.height > 3 * 256
     # each shard holds exactly its rows
@@ -393,6 +488,12 @@ def test_merge_fails_loudly_on_bad_shards(small_labels, tmp_path):
     t = pd.read_csv(tables[1])
     t.iloc[:-1].to_csv(tables[1], index=False)  # a row lost
     with pytest.raises(ValueError, match="rows do not match shard 1"):
+        C.merge_shards(small_labels, tables, 2, *args)
+    train_row = t.index[(t["split"] == "train") & (t["status"] == "ok")][0]
+    broken = t.copy()
+    broken.loc[train_row, "det_path"] = np.nan  # a train image without its detection crop
+    broken.to_csv(tables[1], index=False)
+    with pytest.raises(ValueError, match="need a detection crop"):
         C.merge_shards(small_labels, tables, 2, *args)
     t.loc[0, "reason"] = "mystery"
     t.loc[0, "status"] = "rejected"

@@ -1,7 +1,8 @@
 # The o_O border crop (docs/method.md "Crop"), sharded: rule crop_shard crops the
-# rows i % n_shards == shard of labels.csv into 512 crops + detection-resolution
-# crops; rule crop_merge checks every image is cropped or rejected (with its
-# reason) exactly once and writes the manifest, the reject table and a QC picture.
+# rows i % n_shards == shard of labels.csv into 512 crops, and the train and val images
+# also into detection crops (the box at the detector's input size, for lesions_predict);
+# rule crop_merge checks every image is cropped or rejected (with its reason) exactly
+# once and writes the manifest, the reject table and a QC picture.
 # Rule crop_cache decodes the 512 crops of a split once into a uint8 memmap
 # (results/cache/crops_{split}.npy + .csv), read by pretraining and the evaluation.
 
@@ -17,12 +18,15 @@ CROP_CACHE = {
 }
 
 
-# The crop hyper-parameters: everything that changes a crop file.
+# The crop hyper-parameters: everything that changes a crop file. The detection crop is
+# made at the detector's input size (detector.img_scale): the detector reads it as it is.
 _CROP_PARAMS = {
+    "detect_scale": config["detector"]["img_scale"],
+} | {
     k: _CROP[k]
     for k in [
         "size",
-        "detect_max_size",
+        "detect_max_upscale",
         "bright_margin",
         "wide_ratio",
         "strip_divisor",
@@ -55,8 +59,7 @@ rule crop_shard:
     threads: _CROP["workers"]
     resources:
         mem_mb=lambda wildcards, threads: 1000 + 500 * threads,
-        # ~0.25 s of one core per full-size image (with a 1600 px detection crop),
-        # doubled, + 10 min
+        # <= 0.1 s of one core per full-size image (README "Crop speed"), x5, + 10 min
         runtime=lambda wildcards, input, threads: int(
             10 + 0.5 * csv_rows(input.labels) / _CROP["n_shards"] / threads / 60
         ),

@@ -18,20 +18,28 @@ the yardstick of the tests and of ``benchmarks/bench_crop.py``. :func:`crop_imag
 the production path and gives the same box (to a few full-resolution pixels) much
 faster:
 
-* the JPEG is decoded once, at the coarsest DCT scale (1/8, 1/4, 1/2, 1) that still
-  leaves every output at least its final size (libjpeg scaled IDCT, ``Image.draft``);
-  the smallest box the algorithm can return (``min_box_fraction * h``) bounds that
-  scale, so the box need not be known before decoding;
+* the JPEG is decoded once, at the coarsest DCT scale (1/8, 1/4, 1/2, 1) that serves
+  every output (libjpeg scaled IDCT, ``Image.draft``), chosen before the box is known:
+  the ``size`` crop of the smallest box the algorithm can return
+  (``min_box_fraction * h``), the box search (below) and the detection crop of a box
+  as high as the image (:func:`detect_factor`);
 * the box is searched on the image reduced by the coarsest DCT scale that keeps its
   height >= ``search_min_height`` (a scaled decode averages the pixels of a block,
   which is the smoothing the blur stands for, so no extra blur is applied there; at
   scale 1 the PIL blur is reproduced exactly and the box is identical to the
   reference's); the box is then mapped back to full resolution;
-* the 512 crop is Lanczos-resampled from the coarsest reduction that leaves it at
-  least ``size`` (the decode itself, or its box-averaged ``Image.reduce``, so it does
-  not depend on whether a detection crop is made); the detection crop (cropped,
-  aspect kept, Lanczos-downscaled only to fit ``detect_max_size``) from the decode.
-  No full-resolution pass happens unless the detection crop needs full resolution.
+* the ``size`` crop is Lanczos-resampled from the coarsest reduction that leaves the
+  box found at least ``size`` (the decode itself, or its box-averaged
+  ``Image.reduce``, often the very image the box was searched on);
+* the detection crop (train and val images only: :data:`DETECT_SPLITS`) is the box
+  fitted into the detector's ``img_scale`` exactly as its keep-ratio resize would fit
+  it (:func:`detect_size`), so the detector reads it without resizing; it is
+  area-resampled from the same decode, which may upscale the box by at most
+  ``detect_max_upscale`` (1.05: a 3504x2336 photograph, box 2336 px high, is read at
+  1/2 scale, 1168 px, for a 1200 px detector input). Only a foreground box too low
+  for that decode is decoded again, at the finer scale it needs.
+
+No full-resolution pass happens unless the image is small or the detector needs it.
 
 Choices that differ from the original, on purpose:
 
@@ -66,6 +74,7 @@ The public names of the first five are importable from here.
 from lesioncl.crop.box import (
     BOX_METHODS,
     DCT_SCALES,
+    DETECT_SPLITS,
     LABEL_COLUMNS,
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
@@ -74,12 +83,17 @@ from lesioncl.crop.box import (
     CropParams,
     CropReject,
     CropResult,
+    box_factor,
     box_too_small,
     choose_box,
     decode_factor,
+    detect_factor,
+    detect_size,
     foreground_box,
     is_wide,
     pil_blur,
+    refine_box,
+    region_factor,
     search_factor,
     smallest_box_side,
     square_box,
@@ -88,7 +102,6 @@ from lesioncl.crop.decode import (
     crop_image,
     crop_reference,
     decode_reduced,
-    detect_size,
     save_jpeg,
 )
 from lesioncl.crop.merge import (
@@ -113,11 +126,13 @@ __all__ = [
     "CropResult",
     "CropTask",
     "DCT_SCALES",
+    "DETECT_SPLITS",
     "LABEL_COLUMNS",
     "MANIFEST_COLUMNS",
     "REJECT_COLUMNS",
     "REJECT_REASONS",
     "SHARD_COLUMNS",
+    "box_factor",
     "box_too_small",
     "choose_box",
     "crop_image",
@@ -125,6 +140,7 @@ __all__ = [
     "crop_shard",
     "decode_factor",
     "decode_reduced",
+    "detect_factor",
     "detect_size",
     "foreground_box",
     "init_worker",
@@ -133,6 +149,8 @@ __all__ = [
     "pil_blur",
     "qc_figure",
     "read_labels",
+    "refine_box",
+    "region_factor",
     "run_tasks",
     "save_jpeg",
     "search_factor",

@@ -26,6 +26,9 @@ REJECT_REASONS = (
 BOX_METHODS = ("foreground", "square", "square_small_box", "square_no_foreground")
 
 DCT_SCALES = (8, 4, 2, 1)
+#: The splits whose images get a detection crop: those the lesion index covers
+#: (``lesioncl.lesions.SPLITS``; the test images are never given to the detector).
+DETECT_SPLITS = ("train", "val")
 LABEL_COLUMNS = ("image", "patient_id", "eye", "level", "split", "path")
 #: The sizes and the box of a crop (integers; empty in a shard table for a rejected image).
 SIZE_COLUMNS = (
@@ -38,10 +41,12 @@ SIZE_COLUMNS = (
     "box_x2",
     "box_y2",
 )
+#: ``det_path``, ``det_width`` and ``det_height`` are empty for the splits without a
+#: detection crop (not in :data:`DETECT_SPLITS`).
 MANIFEST_COLUMNS = (*LABEL_COLUMNS, "det_path", *SIZE_COLUMNS)
 REJECT_COLUMNS = ("image", "split", "level", "path", "reason")
 #: Integer columns of a shard table (nullable: empty for a rejected image).
-INT_COLUMNS = (*SIZE_COLUMNS, "decode_scale")
+INT_COLUMNS = (*SIZE_COLUMNS, "decode_scale", "det_scale")
 SHARD_COLUMNS = (
     "row",
     "image",
@@ -65,6 +70,7 @@ SHARD_COLUMNS = (
     "box_y2",
     "box_method",
     "decode_scale",
+    "det_scale",
 )
 
 # The 5x5 kernel of PIL's ImageFilter.BLUR (sum 16).
@@ -77,7 +83,12 @@ class CropParams:
     """The crop hyper-parameters (config section ``crop``)."""
 
     size: int = 512
-    detect_max_size: int | None = 1600
+    # the detector's img_scale (config detector.img_scale): the detection crop is the box
+    # fitted into it as the detector's keep-ratio Resize fits it (None: no detection crop)
+    detect_scale: tuple[int, int] | None = (1600, 1200)
+    # the JPEG is decoded at the coarsest DCT scale that upscales the box by at most this
+    # to the detection crop's size (1: never upscaled)
+    detect_max_upscale: float = 1.05
     bright_margin: float = 10
     wide_ratio: float = 1.2
     strip_divisor: int = 32
@@ -90,10 +101,16 @@ class CropParams:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"crop.size must be positive, got {self.size}")
-        if self.detect_max_size is not None and self.detect_max_size < 1:
-            raise ValueError(
-                f"crop.detect_max_size must be positive or null, got {self.detect_max_size}"
-            )
+        if self.detect_scale is not None:
+            scale = tuple(int(v) for v in self.detect_scale)
+            if len(scale) != 2 or min(scale) < 1:
+                raise ValueError(
+                    f"the detection crop's scale (detector.img_scale) must be two positive "
+                    f"integers (w, h), got {self.detect_scale}"
+                )
+            object.__setattr__(self, "detect_scale", scale)
+        if self.detect_max_upscale < 1:
+            raise ValueError(f"crop.detect_max_upscale must be >= 1, got {self.detect_max_upscale}")
         if self.strip_divisor < 1:
             raise ValueError(f"crop.strip_divisor must be >= 1, got {self.strip_divisor}")
         if not 0 <= self.min_box_fraction <= 1:
@@ -129,6 +146,7 @@ class CropResult:
     decode_scale: int  # the reduction (1, 2, 4, 8) the size x size crop was resampled from
     det_width: int | None = None
     det_height: int | None = None
+    det_scale: int | None = None  # the DCT reduction the detection crop was resampled from
 
 
 # --------------------------------------------------------------------------- box logic
@@ -160,6 +178,30 @@ def pil_blur(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _thresholds(strips: Sequence[np.ndarray], bright_margin: float) -> list[int | None]:
+    """Per channel, the lowest foreground value: the maximum over the border ``strips``,
+    plus ``bright_margin``, plus one (``pixel > bg + margin`` for integer pixels); None
+    when that exceeds 255."""
+    # max over rows, then columns: numpy's max over a tuple of axes of a strided slice is
+    # ~30x slower
+    background = np.max([s.max(axis=0).max(axis=0) for s in strips], axis=0)
+    out: list[int | None] = []
+    for bg in background:
+        threshold = math.floor(float(bg) + bright_margin) + 1
+        out.append(None if threshold > 255 else max(threshold, 0))
+    return out
+
+
+def _mask(arr: np.ndarray, thresholds: Sequence[int | None]) -> np.ndarray | None:
+    """Pixels where any channel reaches its threshold (None: no channel can)."""
+    mask = None
+    for c, threshold in enumerate(thresholds):
+        if threshold is not None:
+            channel = arr[:, :, c] >= threshold
+            mask = channel if mask is None else (mask | channel)
+    return mask
+
+
 def foreground_box(
     arr: np.ndarray, bright_margin: float, strip_divisor: int
 ) -> tuple[int, int, int, int] | None:
@@ -170,17 +212,8 @@ def foreground_box(
     foreground when any channel exceeds its background by more than ``bright_margin``.
     Returns None when no pixel is foreground.
     """
-    h, w = arr.shape[:2]
-    strip = max(w // strip_divisor, 1)
-    background = np.maximum(arr[:, :strip].max(axis=(0, 1)), arr[:, w - strip :].max(axis=(0, 1)))
-    mask = None
-    for c in range(arr.shape[2]):
-        # pixel > bg + margin for integer pixels <=> pixel >= floor(bg + margin) + 1
-        threshold = math.floor(float(background[c]) + bright_margin) + 1
-        if threshold > 255:
-            continue
-        channel = arr[:, :, c] >= max(threshold, 0)
-        mask = channel if mask is None else (mask | channel)
+    strip = max(arr.shape[1] // strip_divisor, 1)
+    mask = _mask(arr, _thresholds([arr[:, :strip], arr[:, -strip:]], bright_margin))
     if mask is None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
@@ -188,6 +221,50 @@ def foreground_box(
         return None
     rows = np.flatnonzero(mask.any(axis=1))
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def refine_box(
+    box: Sequence[int], fine: np.ndarray, k: int, coarse: int, params: CropParams
+) -> tuple[int, int, int, int]:
+    """A foreground box found on the image reduced ``coarse`` times, its edges searched
+    again on ``fine``, the image reduced ``k < coarse`` times, each within a band of
+    ``coarse / k + 2`` pixels around it (x2, y2 may pass the image by less than ``k``).
+
+    The box error falls from about ``coarse`` to about ``k`` full-resolution pixels (0
+    at ``k == 1``, where the PIL blur is applied as in the original; a band is blurred
+    with a 2-pixel margin, so its blur is that of the whole image).
+    """
+    height, width = fine.shape[:2]
+    band = coarse // k + 2
+
+    def blurred(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        r0, r1, c0, c1 = max(r0, 0), min(r1, height), max(c0, 0), min(c1, width)
+        if k > 1:
+            return fine[r0:r1, c0:c1]
+        m0, m1, n0, n1 = max(r0 - 2, 0), min(r1 + 2, height), max(c0 - 2, 0), min(c1 + 2, width)
+        out = pil_blur(fine[m0:m1, n0:n1])
+        return out[r0 - m0 : r0 - m0 + r1 - r0, c0 - n0 : c0 - n0 + c1 - c0]
+
+    strip = max(width // params.strip_divisor, 1)
+    strips = [blurred(0, height, 0, strip), blurred(0, height, width - strip, width)]
+    thresholds = _thresholds(strips, params.bright_margin)
+    x1, y1 = box[0] // k, box[1] // k
+    x2, y2 = -(-box[2] // k), -(-box[3] // k)
+    edges = {  # box index: the band's columns, rows, and whether the edge is a column
+        0: (x1 - band, x1 + band, y1 - band, y2 + band, True),  # left: first column
+        2: (x2 - band, x2 + band, y1 - band, y2 + band, True),  # right: last column
+        1: (x1 - band, x2 + band, y1 - band, y1 + band, False),  # top: first row
+        3: (x1 - band, x2 + band, y2 - band, y2 + band, False),  # bottom: last row
+    }
+    out = list(box)
+    for i, (c0, c1, r0, r1, column) in edges.items():
+        mask = _mask(blurred(r0, r1, c0, c1), thresholds)
+        hits = np.flatnonzero(mask.any(axis=0 if column else 1)) if mask is not None else []
+        if len(hits):
+            last = i >= 2
+            pos = max(c0 if column else r0, 0) + int(hits[-1] if last else hits[0]) + int(last)
+            out[i] = pos * k
+    return (out[0], out[1], out[2], out[3])
 
 
 def is_wide(width: int, height: int, params: CropParams) -> bool:
@@ -208,27 +285,50 @@ def smallest_box_side(width: int, height: int, params: CropParams) -> float:
     return min(width, height)
 
 
-def decode_factor(width: int, height: int, params: CropParams, with_detect: bool = True) -> int:
-    """The coarsest DCT reduction (8, 4, 2 or 1) at which the outputs need no upsampling.
+def box_factor(side: float, size: float) -> int:
+    """The coarsest reduction (8, 4, 2 or 1) that leaves a ``side`` px long side >= ``size``."""
+    return next((k for k in DCT_SCALES if side / k >= size), 1)
 
-    The 512 crop needs both box sides >= ``size`` after reduction; the detection crop
-    needs its longest side >= ``min(detect_max_size, longest box side)``, i.e. a reduced
-    box side >= ``detect_max_size`` (or no reduction when ``detect_max_size`` is None).
+
+def decode_factor(width: int, height: int, params: CropParams) -> int:
+    """The coarsest DCT reduction (8, 4, 2 or 1) at which the ``size`` crop of any box the
+    algorithm can choose needs no upsampling (the box is not known before decoding)."""
+    return box_factor(smallest_box_side(width, height, params), params.size)
+
+
+def detect_size(box: Sequence[int], scale: Sequence[int]) -> tuple[int, int]:
+    """(w, h) of the detection crop: the box fitted into ``scale`` (w, h) as MMDetection's
+    keep-ratio ``Resize`` fits an image (``mmcv.rescale_size``: the long side into
+    ``max(scale)``, the short side into ``min(scale)``, up or down, rounding included),
+    so that the detector's own resize leaves it as it is."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    factor = min(max(scale) / max(bw, bh), min(scale) / min(bw, bh))
+    return int(bw * factor + 0.5), int(bh * factor + 0.5)
+
+
+def region_factor(box: Sequence[int], out_size: Sequence[int], max_upscale: float) -> int:
+    """The coarsest DCT reduction (8, 4, 2 or 1) at which the box, resampled to
+    ``out_size`` (w, h), is upscaled by at most ``max_upscale`` on either axis."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    ow, oh = out_size
+    return next(
+        (k for k in DCT_SCALES if bw * max_upscale >= ow * k and bh * max_upscale >= oh * k), 1
+    )
+
+
+def detect_factor(width: int, height: int, params: CropParams) -> int:
+    """The DCT reduction the detection crop is expected to need, before the box is known.
+
+    The box is taken to be the full height: the centred square for a wide image (any
+    box of that height needs no finer scale), the exact box otherwise. A foreground box
+    lower than that may need a finer decode (:func:`lesioncl.crop.crop_image` then
+    decodes again).
     """
-    bound = smallest_box_side(width, height, params)
-    for k in DCT_SCALES:
-        if k > min(width, height):
-            continue
-        if bound / k < params.size:
-            continue
-        if (
-            with_detect
-            and k > 1
-            and (params.detect_max_size is None or bound / k < params.detect_max_size)
-        ):
-            continue
-        return k
-    return 1
+    if params.detect_scale is None:
+        return DCT_SCALES[0]
+    side = min(width, height)
+    box = square_box(side, side) if is_wide(width, height, params) else square_box(width, height)
+    return region_factor(box, detect_size(box, params.detect_scale), params.detect_max_upscale)
 
 
 def search_factor(height: int, params: CropParams) -> int:
@@ -240,12 +340,19 @@ def search_factor(height: int, params: CropParams) -> int:
 
 
 def choose_box(
-    width: int, height: int, search: np.ndarray | None, factor: int, params: CropParams
+    width: int,
+    height: int,
+    search: np.ndarray | None,
+    factor: int,
+    params: CropParams,
+    fine: np.ndarray | None = None,
+    fine_factor: int | None = None,
 ) -> tuple[tuple[int, int, int, int], str]:
     """The crop box in full-resolution pixels and how it was chosen.
 
     ``search`` is the image reduced ``factor`` times (blurred as PIL does when
-    ``factor == 1``); only read for wide images.
+    ``factor == 1``); only read for wide images. ``fine``, the image reduced
+    ``fine_factor < factor`` times, refines a foreground box (:func:`refine_box`).
     """
     if not is_wide(width, height, params):
         return square_box(width, height), "square"
@@ -259,8 +366,10 @@ def choose_box(
                 f"no pixel exceeds the border background by more than {params.bright_margin}",
             )
         return square_box(width, height), "square_no_foreground"
-    x1, y1, x2, y2 = found
-    box = (x1 * factor, y1 * factor, min(x2 * factor, width), min(y2 * factor, height))
+    box = tuple(c * factor for c in found)
+    if fine is not None and fine_factor is not None and fine_factor < factor:
+        box = refine_box(box, fine, fine_factor, factor, params)
+    box = (box[0], box[1], min(box[2], width), min(box[3], height))
     if box_too_small(box, height, params):
         return square_box(width, height), "square_small_box"
     return box, "foreground"

@@ -24,8 +24,12 @@ from lesioncl.crop.box import (
     CropParams,
     CropReject,
     CropResult,
+    box_factor,
     choose_box,
     decode_factor,
+    detect_factor,
+    detect_size,
+    region_factor,
     search_factor,
     square_box,
 )
@@ -130,14 +134,23 @@ def _resize_from(im: Image.Image, box: Sequence[float], size: tuple[int, int]) -
     return region.resize(size, Image.LANCZOS, box=rel)
 
 
-def detect_size(box: Sequence[int], detect_max_size: int | None) -> tuple[int, int]:
-    """(width, height) of the detection crop: the box, downscaled (aspect kept) to fit."""
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    longest = max(bw, bh)
-    if detect_max_size is None or longest <= detect_max_size:
-        return bw, bh
-    f = detect_max_size / longest
-    return max(1, round(bw * f)), max(1, round(bh * f))
+def _resample_region(arr: np.ndarray, box: Sequence[float], size: tuple[int, int]) -> Image.Image:
+    """The region ``box`` (in pixels of the (h, w, 3) array ``arr``) resampled to ``size``
+    with OpenCV: bilinear when it shrinks by less than 2 (every pixel counts; what the
+    detector's own resize does) or grows, area-averaged when it shrinks more. The region
+    is rounded to whole pixels of ``arr``: from a 1/k decode its edges move by at most
+    k/2 full-resolution pixels."""
+    import cv2
+
+    height, width = arr.shape[:2]
+    x1, y1, x2, y2 = (round(c) for c in box)
+    x2, y2 = max(min(x2, width), x1 + 1), max(min(y2, height), y1 + 1)
+    region = arr[y1:y2, x1:x2]
+    if region.shape[1::-1] == tuple(size):
+        return Image.fromarray(np.ascontiguousarray(region))
+    shrink = max(region.shape[1] / size[0], region.shape[0] / size[1])
+    how = cv2.INTER_LINEAR if shrink < 2 else cv2.INTER_AREA
+    return Image.fromarray(cv2.resize(region, size, interpolation=how))
 
 
 def save_jpeg(im: Image.Image, path: str | os.PathLike, quality: int) -> None:
@@ -154,14 +167,22 @@ def crop_image(
 ) -> CropResult:
     """Crop one fundus photograph (JPEG, or any format Pillow reads): write the ``size``
     crop to ``out_path`` and the detection crop to ``det_path`` (either may be None).
-    Raises :class:`CropReject` for unusable images."""
+    Raises :class:`CropReject` for unusable images.
+
+    One decode serves the box search, the ``size`` crop and the detection crop (the box
+    fitted to ``detect_scale``). Its scale does not depend on whether the detection
+    crop is written, so neither do the ``size`` crop's pixels; only a foreground box
+    lower than the image, for which that scale is too coarse, is decoded again for
+    its detection crop.
+    """
     src = Path(src)
     data = _read_bytes(src)
     header = _open(data, src)
     width, height = header.size
     k_search = search_factor(height, params)
-    k_crop = min(decode_factor(width, height, params, with_detect=False), k_search)
-    k_dec = min(decode_factor(width, height, params, with_detect=det_path is not None), k_crop)
+    k_dec = min(
+        decode_factor(width, height, params), k_search, detect_factor(width, height, params)
+    )
     if header.format != "JPEG":
         k_dec = 1  # no DCT scaling: a full decode, reduced by box averaging below
     im, width, height, got = decode_reduced(data, src, k_dec)
@@ -181,18 +202,24 @@ def crop_image(
             "blank",
             f"mean intensity {mean:.2f} < crop.min_mean_intensity {params.min_mean_intensity}",
         )
-    box, method = choose_box(width, height, search_arr, k_search, params)
+    write_det = det_path is not None and params.detect_scale is not None
+    decoded = np.asarray(im) if k_dec < k_search or write_det else None
+    box, method = choose_box(width, height, search_arr, k_search, params, decoded, k_dec)
 
+    # the coarsest reduction that leaves this box >= size (often the search image)
+    k_crop = max(k_dec, box_factor(min(box[2] - box[0], box[3] - box[1]), params.size))
     result = CropResult(width, height, box, method, k_crop)
     if out_path is not None:
         crop = _resize_from(at(k_crop), [c / k_crop for c in box], (params.size, params.size))
         save_jpeg(crop, out_path, 100)
-    if det_path is not None:
-        dw, dh = detect_size(box, params.detect_max_size)
-        save_jpeg(
-            _resize_from(im, [c / k_dec for c in box], (dw, dh)), det_path, params.detect_quality
-        )
-        result.det_width, result.det_height = dw, dh
+    if write_det:
+        dw, dh = detect_size(box, params.detect_scale)
+        k_det = min(region_factor(box, (dw, dh), params.detect_max_upscale), k_dec)
+        if k_det < k_dec:  # a box lower than expected: this decode is too coarse for it
+            decoded = np.asarray(decode_reduced(data, src, k_det)[0])
+        det = _resample_region(decoded, [c / k_det for c in box], (dw, dh))
+        save_jpeg(det, det_path, params.detect_quality)
+        result.det_width, result.det_height, result.det_scale = dw, dh, k_det
     return result
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from lesioncl.crop.box import (
     BOX_METHODS,
     DCT_SCALES,
+    DETECT_SPLITS,
     INT_COLUMNS,
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
@@ -100,20 +101,29 @@ def merge_shards(
     bad_reason = set(rej["reason"]) - set(REJECT_REASONS)
     if bad_reason:
         raise ValueError(f"unknown reject reason(s) {sorted(bad_reason)} in the shard tables")
+    detect = ok["split"].isin(DETECT_SPLITS).to_numpy()
+    if (ok["det_path"].isna().to_numpy() == detect).any():
+        raise ValueError(
+            f"the cropped images of {list(DETECT_SPLITS)} need a detection crop (det_path) and "
+            "the others none; the shard tables do not agree; rerun rule crop_shard"
+        )
     absent = [p for p in ok["path"] if not Path(p).is_file()]
-    absent += [p for p in ok["det_path"] if not Path(p).is_file()]
+    absent += [p for p in ok.loc[detect, "det_path"] if not Path(p).is_file()]
     if absent:
         raise ValueError(
             f"{len(absent)} crop file(s) listed as cropped do not exist, e.g. {absent[:3]}; "
             "rerun rule crop_shard"
         )
 
-    int_columns = list(INT_COLUMNS)
-    if ok[int_columns + ["path", "det_path", "box_method"]].isna().any().any():
+    det_columns = ["det_path", "det_width", "det_height", "det_scale"]
+    int_columns = [c for c in INT_COLUMNS if c not in det_columns]
+    if ok[int_columns + ["path", "box_method"]].isna().any().any() or (
+        ok.loc[detect, det_columns].isna().any().any()
+    ):
         raise ValueError(
             "a cropped row of the shard tables lacks its paths, sizes or box; rerun rule crop_shard"
         )
-    ok = ok.astype({c: "int64" for c in int_columns})
+    ok = ok.astype({c: "int64" for c in int_columns} | {c: "Int64" for c in det_columns[1:]})
     manifest = ok[list(MANIFEST_COLUMNS)]
     rejects = rej.drop(columns="path").rename(columns={"raw_path": "path"})[list(REJECT_COLUMNS)]
     with atomic_path(manifest_path) as tmp:
@@ -135,6 +145,7 @@ def merge_shards(
         },
         "box_method": {m: int((ok["box_method"] == m).sum()) for m in BOX_METHODS},
         "decode_scale": {str(k): int((ok["decode_scale"] == k).sum()) for k in DCT_SCALES},
+        "det_scale": {str(k): int((ok["det_scale"] == k).sum()) for k in DCT_SCALES},
     }
     for key in [*splits, "total"]:
         if summary["input"][key] != summary["cropped"][key] + summary["rejected"][key]:

@@ -11,7 +11,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from lesioncl.crop.box import INT_COLUMNS, LABEL_COLUMNS, SHARD_COLUMNS, CropParams, CropReject
+from lesioncl.crop.box import (
+    DETECT_SPLITS,
+    INT_COLUMNS,
+    LABEL_COLUMNS,
+    SHARD_COLUMNS,
+    CropParams,
+    CropReject,
+)
 from lesioncl.crop.decode import crop_image
 from lesioncl.utils import atomic_path
 
@@ -53,7 +60,8 @@ def read_labels(labels_csv: str | os.PathLike) -> pd.DataFrame:
 
 @dataclass
 class CropTask:
-    """One image to crop: labels row, name, raw file, 512-crop and detection-crop paths."""
+    """One image to crop: labels row, name, raw file, 512-crop and detection-crop paths
+    (``det`` None: no detection crop)."""
 
     row: int
     image: str
@@ -86,6 +94,7 @@ def _crop_task(task: CropTask) -> dict:
         "box_y2": y2,
         "box_method": res.box_method,
         "decode_scale": res.decode_scale,
+        "det_scale": res.det_scale,
     }
 
 
@@ -131,7 +140,11 @@ def crop_shard(
     params: CropParams,
     workers: int = 1,
 ) -> pd.DataFrame:
-    """Crop the rows ``i % n_shards == shard`` of the labels table; write the shard table."""
+    """Crop the rows ``i % n_shards == shard`` of the labels table; write the shard table.
+
+    Images of the :data:`DETECT_SPLITS` (train, val) also get a detection crop in
+    ``det_dir``; the test images, which the detector never sees, do not.
+    """
     labels = read_labels(labels_csv)
     rows = shard_rows(len(labels), shard, n_shards)
     crops_dir, det_dir = Path(crops_dir), Path(det_dir)
@@ -144,7 +157,7 @@ def crop_shard(
             str(r.image),
             str(r.path),
             str(crops_dir / f"{r.image}.jpeg"),
-            str(det_dir / f"{r.image}.jpeg"),
+            str(det_dir / f"{r.image}.jpeg") if r.split in DETECT_SPLITS else None,
             params,
         )
         for i, r in zip(rows, part.itertuples(index=False))

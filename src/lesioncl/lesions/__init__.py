@@ -19,8 +19,9 @@ are applied to the rounded values, so every stored box satisfies them exactly.
 Images without a kept box are left out of the index (the authors' loader crashes on
 an empty list) and counted in the summary.
 
-Rescaling: the detector sees the cropped, not resized image (``det_width`` ×
-``det_height``); the crop is then resized to ``size``×``size``, so x scales by
+Rescaling: the detector sees the box with its aspect kept (``det_width`` ×
+``det_height``: the detection crop, made at the detector's input size); the box is
+resized to ``size``×``size`` for the crop, so x scales by
 ``size / det_width`` and y by ``size / det_height``. The original code recorded the
 image size as ``(w, h) = shape[:2]`` – swapped – which distorted boxes of every
 non-square crop; :func:`rescale_boxes` takes width and height by name, and

@@ -23,6 +23,7 @@ from lesioncl.pretrain.data import (
     view_strength,
     window_start_range,
 )
+from lesioncl.pretrain.config import PretrainConfig
 from lesioncl.pretrain.toydata import write_toy_dataset
 
 SIZE, PATCH = 64, 24
@@ -301,6 +302,40 @@ def test_epoch_sampler_shards_are_the_single_process_batches():
     s.set_epoch(1, skip=7)
     assert [i for _, i in s] == epoch1[7:] and len(s) == n - 7
     assert all(e == 1 for e, _ in s)
+
+
+def test_epoch_sampler_with_more_samples_than_items(coord_cache):
+    """pretrain.samples_per_epoch: further shuffled rounds, every item once per round, each
+    further draw with its own key; samples = n is exactly the plain epoch."""
+    n = 7
+    plain = EpochSampler(n, seed=2)
+    plain.set_epoch(3)
+    same = EpochSampler(n, seed=2, samples=n)
+    same.set_epoch(3)
+    assert list(same) == list(plain)
+    s = EpochSampler(n, seed=2, samples=17)
+    s.set_epoch(3)
+    keys = [i for _, i in s]
+    assert len(keys) == len(s) == 17 and len(set(keys)) == 17
+    assert keys[:n] == [i for _, i in plain]  # round 0 is the plain epoch
+    counts = np.bincount([k % n for k in keys], minlength=n)
+    assert counts.min() >= 2 and counts.max() <= 3  # each item once per (full) round
+    shards = []
+    for rank in range(2):
+        r = EpochSampler(n, seed=2, rank=rank, world_size=2, samples=17)
+        r.set_epoch(3)
+        shards.append([i for _, i in r])
+    assert shards[0] + shards[1] and set(shards[0]) | set(shards[1]) == set(keys[:16])
+    # the datasets map key k to item k % n, with draws of the key's own
+    boxes = {"a_left.jpeg": [(30, 30, 31, 31)], "b_right.jpeg": [(10, 10, 12, 12)]}
+    ds = LesionPairDataset(coord_cache, boxes, PATCH, seed=3)
+    again = ds[(0, 2)].numpy()  # item 0, second round
+    assert int(again[0, 0, 0, 2]) == 0
+    assert not np.array_equal(again, ds[(0, 0)].numpy())
+    whole = WholeImageDataset(coord_cache)
+    assert torch.equal(whole[(0, 4)], whole[(0, 1)])  # 3 images: key 4 is image 1
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        PretrainConfig(mode="whole", train_cache="x", out_dir="y", samples_per_epoch=1)
 
 
 def test_whole_images_are_shrunk_in_the_worker(coord_cache):

@@ -47,6 +47,7 @@ _PT_PARAMS = {
         "warmup_epochs",
         "view_warmup_epochs",
         "box_margin",
+        "samples_per_epoch",
         "temperature",
         "proj_hidden",
         "proj_dim",

@@ -74,6 +74,9 @@ class PretrainConfig:
     # Lesion boxes grown by this many pixels on each side before the two windows are drawn:
     # the lesion stays that far from the windows' borders (0: the paper's windows).
     box_margin: float = 0.0
+    # Samples (images drawn) per epoch; None: one per indexed image (the paper). A fixed
+    # number gives window sources of different sizes the same number of steps.
+    samples_per_epoch: int | None = None
     temperature: float = 0.07
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -98,6 +101,10 @@ class PretrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.mode not in MODES:
             raise ValueError(f"unknown pretraining mode {self.mode!r}; choose one of {MODES}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 2:
+            raise ValueError(
+                f"samples_per_epoch must be >= 2 or None, got {self.samples_per_epoch}"
+            )
         if self.box_margin < 0:
             raise ValueError(f"box_margin must be >= 0, got {self.box_margin}")
         if self.view_warmup_epochs < 0:

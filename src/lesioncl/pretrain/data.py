@@ -216,7 +216,9 @@ class LesionPairDataset(_CacheDataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> torch.Tensor:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        row, boxes = self.items[index]
+        # index >= len(self): a further draw of an image in an epoch of more samples than
+        # images (EpochSampler's samples); its own windows, from its own generator
+        row, boxes = self.items[index % len(self.items)]
         rng = sample_rng(self.seed, self.stream, epoch, index)
         box = boxes[rng.integers(len(boxes))]
         image = self.images[row]
@@ -253,7 +255,7 @@ class WholeImageDataset(_CacheDataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> torch.Tensor:
         index = key[1] if isinstance(key, tuple) else key
-        image = self.images[index]
+        image = self.images[index % len(self.rows)]
         if self.out_size is not None:
             import cv2
 
@@ -272,12 +274,25 @@ class EpochSampler(Sampler):
     ``b`` of every rank together is exactly global batch ``b`` of a single-process run.
     Call :meth:`set_epoch` before each epoch; ``skip`` drops this rank's first samples
     (a run resumed mid-epoch). ``(epoch, skip)`` is the sampler's whole state.
+
+    ``samples`` (``pretrain.samples_per_epoch``; None: ``n``, one per item): an epoch of
+    that many samples, so that data sets of different sizes train the same number of
+    steps. Further permutations follow the first (each item once per round); round ``k``
+    yields ``index + k * n``, which the datasets map to item ``index`` with draws of its
+    own. With ``samples = n`` the epoch is exactly the plain one.
     """
 
     def __init__(
-        self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        samples: int | None = None,
     ):
-        if n < world_size:
+        self.total = int(samples) if samples else n
+        if min(n, self.total) < world_size:
             raise ValueError(f"{n} samples cannot be split across {world_size} ranks")
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size = rank, world_size
@@ -287,14 +302,17 @@ class EpochSampler(Sampler):
         self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self) -> int:
-        return max(0, self.n // self.world_size - self.skip)
+        return max(0, self.total // self.world_size - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        order = order[: (self.n // self.world_size) * self.world_size]
+        order: list[int] = []
+        for k in range(-(-self.total // self.n)):  # rounds: ceil(total / n)
+            if not self.shuffle:
+                order += range(k * self.n, (k + 1) * self.n)
+                continue
+            # round 0 is the plain epoch's permutation; later rounds draw their own
+            g = torch.Generator().manual_seed(self.seed + self.epoch + k * 1_000_003)
+            order += (torch.randperm(self.n, generator=g) + k * self.n).tolist()
+        order = order[: (self.total // self.world_size) * self.world_size]
         for index in order[self.rank :: self.world_size][self.skip :]:
             yield self.epoch, index

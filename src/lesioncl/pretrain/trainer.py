@@ -62,9 +62,15 @@ class Trainer(TrainerRecords):
             torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
 
         self.train_set, self.val_set = self.build_datasets()
-        self.global_batch, self.local_batch = self.batch_sizes(len(self.train_set), cfg.batch_size)
+        n_samples = cfg.samples_per_epoch or len(self.train_set)
+        self.global_batch, self.local_batch = self.batch_sizes(n_samples, cfg.batch_size)
         self.train_sampler = EpochSampler(
-            len(self.train_set), True, cfg.seed, self.dist.rank, self.dist.world
+            len(self.train_set),
+            True,
+            cfg.seed,
+            self.dist.rank,
+            self.dist.world,
+            samples=cfg.samples_per_epoch,
         )
         self.train_loader = self.build_loader(self.train_set, self.train_sampler, self.local_batch)
         self.steps_per_epoch = len(self.train_sampler) // self.local_batch

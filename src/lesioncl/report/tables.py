@@ -198,7 +198,7 @@ def format_cell(
 
 #: What each kind of method is, for the table's legend (simclr_<size> and other names below).
 METHOD_NOTES = {
-    "lesion_cl": "lesion-based CL on windows around the detector's boxes (the paper)",
+    "lesion_cl": "lesion-based CL on windows around the detector's boxes (the published method)",
     "lesion_cl_random": "control: the same boxes, counts and sizes, at random places in the "
     "field of view",
     "lesion_cl_truth": "oracle: windows around the synthetic generator's true lesions",

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# as in the workflow's jobs (workflow/rules/common.smk): torch threads in the two test
+# workers, and in the jobs they start, sleep while they wait instead of spinning
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 

@@ -23,7 +23,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 WORKER = """
 import sys, time, torch, torchvision
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per job")
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs; ResNet-18, batch 64 at 32 px, {args.threads} threads per job")
-    print("| jobs | threads in all | default (spin) steps/s | PASSIVE steps/s | PASSIVE / default |")
+    print("| jobs | threads in all | default (spin) steps/s | PASSIVE steps/s | ratio |")
     print("|---:|---:|---:|---:|---:|")
     for jobs in args.jobs:
         spin = run_case(jobs, args.threads, args.seconds, None)

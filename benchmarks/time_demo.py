@@ -1,12 +1,13 @@
 """Time the demo from nothing to the report, and say where the time went.
 
-    python benchmarks/time_demo.py [--workdir DIR] [--cores 2]
+    python benchmarks/time_demo.py [--workdir DIR] [--cores 2] [--controls]
 
 Runs the demo workflow (config/config.yaml) in an empty working directory exactly as
 ``make demo`` does (the whole DAG, then the report), prints the wall time of each
 phase and the ten most expensive jobs from Snakemake's per-rule benchmark files, and
 writes the same as JSON (``timing.json`` in the working directory). The environment
-must be set up first (``make setup``); its time is not counted.
+must be set up first (``make setup``); its time is not counted. ``--controls`` then
+times ``make controls`` too (the controls' target, the default target again, the report).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="an empty folder (default: a new temporary one)")
     parser.add_argument("--cores", default="2")
+    parser.add_argument("--controls", action="store_true", help="then time `make controls`")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lesioncl-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -52,16 +54,23 @@ def main() -> None:
     config = ["--configfile", str(REPO / "config/config.yaml")]
     dag = run([*base, "--cores", args.cores, *config], work)
     report = run([*base, "--cores", "1", "--report", str(work / "results/report.html"), *config], work)
+    controls = 0.0
+    if args.controls:
+        controls += run([*base, "--cores", args.cores, "controls", *config], work)
+        controls += run([*base, "--cores", args.cores, *config], work)
+        controls += run([*base, "--cores", "1", "--report", str(work / "results/report.html"), *config], work)
     jobs = sorted(job_seconds(work / "results"), key=lambda j: -j[1])
     by_rule: dict[str, float] = {}
     for name, seconds in jobs:
         by_rule[name.split("/")[0]] = by_rule.get(name.split("/")[0], 0.0) + seconds
     summary = {"workdir": str(work), "cores": args.cores, "workflow_s": round(dag, 1), "report_s": round(report, 1),
-               "total_s": round(dag + report, 1), "rules_s": {k: round(v, 1) for k, v in
+               "total_s": round(dag + report, 1), "controls_s": round(controls, 1), "rules_s": {k: round(v, 1) for k, v in
                                                              sorted(by_rule.items(), key=lambda kv: -kv[1])}}
     (work / "timing.json").write_text(json.dumps(summary, indent=2))
     print(f"demo: {dag / 60:.1f} min workflow + {report / 60:.1f} min report = {(dag + report) / 60:.1f} min "
           f"on {args.cores} cores ({work})")
+    if args.controls:
+        print(f"controls (make controls): {controls / 60:.1f} min")
     print("job seconds by rule (jobs run side by side, so they add up to more than the wall time):")
     for rule, seconds in summary["rules_s"].items():
         print(f"  {rule:24s} {seconds:8.1f}")

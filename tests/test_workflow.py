@@ -198,8 +198,10 @@ def test_the_papers_comparison_holds_at_the_demo_seed(demo):
 def test_the_claim_holds_at_a_second_pretraining_seed(demo, tmp_path):
     """The demo pretrains at one seed; its orderings must hold at another (pretrain.seed 1:
     other initial weights, windows and views on the same data), or they would rest on one
-    lucky trajectory. The copy keeps everything up to the lesion indexes; the pretrained
-    methods of the orderings train and are evaluated again (random init is unchanged)."""
+    lucky trajectory. The copy keeps everything up to the lesion indexes; lesion-based CL
+    and its random-window control train and are evaluated again, against the demo's
+    SimCLR-64 and random init (SimCLR's own spread over seeds is in
+    docs/window-sources.md; retraining it here would cost 5 more minutes)."""
     work = tmp_path / "seed1"
     shutil.copytree(demo, work, symlinks=True,
                     ignore=lambda folder, names: [n for n in names if n in ("pretrain", "eval", "locks")])
@@ -209,7 +211,7 @@ def test_the_claim_holds_at_a_second_pretraining_seed(demo, tmp_path):
     configfile.write_text(yaml.safe_dump(config))
     fractions = [f"{float(f):g}" for f in config["evaluation"]["fractions"]]
     seed = config["evaluation"]["seeds"][0]
-    pretrained = sorted({m for pair in ORDERINGS for m in pair[:2]} - {"random"})
+    pretrained = ["lesion_cl", "lesion_cl_random"]
     targets = [f"results/eval/linear/{m}/frac{f}_seed{seed}.json" for m in pretrained for f in fractions]
     run_snakemake(work, "--cores", "2", *targets, configfile=configfile)
     # another trajectory, not a copy of the demo's
@@ -223,8 +225,10 @@ def test_the_claim_holds_at_a_second_pretraining_seed(demo, tmp_path):
 
     for fraction in fractions:
         for higher, lower, margin in ORDERINGS:
+            if higher not in pretrained:
+                continue
             a = kappa(work, higher, fraction)
-            b = kappa(demo if lower == "random" else work, lower, fraction)
+            b = kappa(work if lower in pretrained else demo, lower, fraction)
             assert a - b > margin, (fraction, higher, a, lower, b)
 
 

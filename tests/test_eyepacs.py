@@ -683,6 +683,8 @@ def test_rule_eyepacs_labels_on_a_folder(tmp_path):
     (raw / "train" / "15_left.jpeg").unlink()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["eyepacs"].update(source="folder", raw_dir=str(raw))
+    # real data: no generator's boxes for the oracle control (plan.check_sources)
+    config["evaluation"]["controls"] = ["lesion_cl_random"]
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     work = tmp_path / "work"

@@ -133,3 +133,12 @@ def test_index_quality_counts_hits_recall_grades_and_window_chance():
     # windows around the two true hits hold a lesion; image b has none anywhere
     assert 0.5 <= q["window_hit_rate"] <= 0.75
     assert q["random_window_hit_rate"] <= q["window_hit_rate"]
+
+
+def test_the_oracle_control_needs_synthetic_data():
+    from lesioncl.evaluation.plan import check_sources
+
+    check_sources(["lesion_cl", "lesion_cl_truth"], "synthetic")
+    check_sources(["lesion_cl", "lesion_cl_random"], "folder")
+    with pytest.raises(ValueError, match="evaluation.controls .* drop lesion_cl_truth there"):
+        check_sources(["lesion_cl", "lesion_cl_truth"], "folder")

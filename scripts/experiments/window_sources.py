@@ -33,8 +33,7 @@ import yaml
 from lesioncl.crop.cache import open_crop_cache
 from lesioncl.evaluation.features import FeatureSettings, run_feature_extraction
 from lesioncl.evaluation.linear import LinearSettings, run_linear
-from lesioncl.lesions import load_lesion_index, write_lesion_index
-from lesioncl.lesions import controls
+from lesioncl.lesions import controls, load_lesion_index, write_lesion_index
 from lesioncl.pretrain.config import PretrainConfig
 from lesioncl.pretrain.data import grow_boxes
 from lesioncl.pretrain.train import run_pretraining
@@ -122,7 +121,15 @@ def steps_per_epoch(index: dict | None, demo: Path, batch: int) -> int:
     return max(1, n // batch)
 
 
-def run_one(variant: str, seed: int, demo: Path, cfg: dict, out: Path, steps: int | None) -> dict:
+def run_one(
+    variant: str,
+    seed: int,
+    demo: Path,
+    cfg: dict,
+    out: Path,
+    steps: int | None,
+    as_workflow: bool = False,
+) -> dict:
     run_dir = out / variant / f"seed{seed}"
     result_file = run_dir / "result.json"
     if result_file.is_file():
@@ -165,9 +172,11 @@ def run_one(variant: str, seed: int, demo: Path, cfg: dict, out: Path, steps: in
         temperature=pt["temperature"],
         proj_hidden=pt["proj_hidden"],
         proj_dim=pt["proj_dim"],
-        val_every=epochs,
+        # as_workflow: the workflow's loader process and probe schedule (a run's trajectory
+        # depends on them); otherwise one probe at the end, loading in the process
+        val_every=round(pt["val_every"] * epochs / pt["epochs"]) if as_workflow else epochs,
         checkpoint_every=10**6,
-        workers=0,
+        workers=pt["workers"] if as_workflow else 0,
         amp=False,
         device="cpu",
         seed=seed,
@@ -273,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/experiments"))
     parser.add_argument("--set", nargs="*", default=[], help="pretrain.key=value overrides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one core each)")
+    parser.add_argument(
+        "--as-workflow",
+        action="store_true",
+        help="the workflow's loader workers and probe schedule (pretrain.workers, val_every)",
+    )
     args = parser.parse_args(argv)
     setup_logging(None)
     torch.set_num_threads(args.threads)
@@ -284,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for variant in args.variants:
         for seed in args.seeds:
-            r = run_one(variant, seed, args.demo, cfg, args.out, args.steps)
+            r = run_one(variant, seed, args.demo, cfg, args.out, args.steps, args.as_workflow)
             log.info("%s seed %d: %s", variant, seed, r)
             results.append(r)
     text = table(results, cfg["evaluation"]["fractions"])

@@ -63,10 +63,10 @@ def check_sources(names: Sequence[str], eyepacs_source: str) -> None:
     """``lesion_cl_truth`` needs the generator's lesion boxes: synthetic data only."""
     if "lesion_cl_truth" in names and eyepacs_source != "synthetic":
         raise ValueError(
-            "config: evaluation.methods has lesion_cl_truth, which pretrains on the synthetic "
-            f"generator's true lesion boxes, but eyepacs.source is {eyepacs_source!r}; real data "
-            "have no such boxes: drop lesion_cl_truth (lesion_cl_random is the control for real "
-            "data)"
+            "config: evaluation.controls (or evaluation.methods) has lesion_cl_truth, which "
+            "pretrains on the synthetic generator's true lesion boxes, but eyepacs.source is "
+            f"{eyepacs_source!r}; real data have no such boxes: drop lesion_cl_truth there "
+            "(lesion_cl_random is the control for real data)"
         )
 
 

@@ -35,7 +35,8 @@ _SRC = str(Path(LESIONCL_ROOT) / "src")
 os.environ.update(LESIONCL_ROOT=LESIONCL_ROOT)  # read by the post-deploy scripts
 # Torch's OpenMP threads sleep while they wait instead of spinning (libgomp's default):
 # with several torch jobs, or a job and its loader processes, on the same cores, spinning
-# threads slow every job down ~10x (benchmarks/bench_omp_wait.py). A user's own value wins.
+# threads halve the throughput (a job alone on its cores loses ~17 % instead;
+# benchmarks/bench_omp_wait.py). A user's own value wins (ACTIVE: the default's spinning).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if _SRC not in sys.path:
     sys.path.insert(0, _SRC)

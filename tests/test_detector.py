@@ -77,6 +77,31 @@ def test_config_follows_the_workflow_config():
         mmdet_config_dict(hp | dict(lr_steps=[6]), **PATHS)
 
 
+def test_train_crop_samples_windows_that_hold_boxes(tmp_path):
+    """detector.train_crop: every training sample is a window of that side cut from the
+    resized image, with at least one box, all boxes inside it; the test pipeline (and so
+    inference on the EyePACS crops) still sees whole images."""
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    ann, folder = make_coco(tmp_path, "train", 6, seed=3, size=(320, 240))
+    hp = schema_defaults("detector") | dict(backbone="resnet18", img_scale=[320, 240], train_crop=96)
+    cfg = mmdet_config_dict(hp, train_ann=str(ann), train_images=str(folder), test_ann=str(ann),
+                            test_images=str(folder), work_dir=str(tmp_path / "work"))
+    steps = [s["type"] for s in cfg["train_dataloader"]["dataset"]["pipeline"]]
+    assert steps == ["LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip", "PackDetInputs"]
+    assert "RandomCrop" not in [s["type"] for s in cfg["test_pipeline"]]
+    dataset = DATASETS.build(cfg["train_dataloader"]["dataset"])
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        img, boxes = sample["inputs"], sample["data_samples"].gt_instances.bboxes.tensor
+        assert tuple(img.shape[1:]) == (96, 96)
+        assert len(boxes) >= 1
+        assert (boxes >= 0).all() and (boxes <= 96).all()
+        assert ((boxes[:, 2] - boxes[:, 0]) > 0).all()
+
+
 def test_config_round_trips_through_mmengine(tmp_path):
     from mmengine.config import Config
 

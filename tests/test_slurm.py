@@ -234,10 +234,11 @@ def test_time_limit_then_rerun_resumes_pretraining(cluster, profile, tmp_path):
     _toy_inputs(work, n_train=64, n_val=16)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["device"] = "cpu"
-    # ~2 epochs a second in one or two threads on a 2-core test machine (125 epochs done
-    # when the 1-minute limit stops the first run): 300 stay past the limit on a machine
-    # twice as fast, and the rerun has less than 3 minutes left to train
-    config["pretrain"].update(patch_size=32, batch_size=16, epochs=300, workers=0, val_every=1000,
+    # ~0.7 epochs a second in one or two threads on a 2-core test machine alone (45 epochs
+    # done when the 1-minute limit stops the first run, fewer beside other tests): 120 stay
+    # past the limit on a machine twice as fast, and the rerun has ~2 minutes left to train
+    epochs = 120
+    config["pretrain"].update(patch_size=32, batch_size=16, epochs=epochs, workers=0, val_every=1000,
                               checkpoint_every=1000, proj_hidden=64, proj_dim=32)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -258,7 +259,7 @@ def test_time_limit_then_rerun_resumes_pretraining(cluster, profile, tmp_path):
 
     stopped_at = torch.load(checkpoint, map_location="cpu", weights_only=True)
     done = int(stopped_at["epoch"])
-    assert 0 < done < 300, done
+    assert 0 < done < epochs, done
 
     second = run_snakemake_slurm(cluster, work, profile, target, "--allowed-rules", "pretrain_lesion",
                                  "--set-threads", "pretrain_lesion=2", configfile=configfile, timeout=900)
@@ -266,7 +267,7 @@ def test_time_limit_then_rerun_resumes_pretraining(cluster, profile, tmp_path):
     log = (work / "logs" / "pretrain" / "lesion_cl.log").read_text()
     assert f"resumed from {checkpoint.relative_to(work)}: {done} epochs" in log, log[:3000]
     # one row per epoch, the interrupted run's rows kept, nothing trained twice
-    assert _epochs_in(work / "results" / "pretrain" / "lesion_cl" / "history.csv") == list(range(1, 301))
+    assert _epochs_in(work / "results" / "pretrain" / "lesion_cl" / "history.csv") == list(range(1, epochs + 1))
     assert (work / target).stat().st_size > 0 and not checkpoint.exists()
 
 
@@ -285,7 +286,9 @@ def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["device"] = "cpu"
     config["evaluation"].update(input_size=64, workers=0, feature_batch_size=64)
-    config["evaluation"]["finetune"].update(epochs=60, batch_size=16)
+    # ~19 epochs done when the 1-minute limit stops the first run on a 2-core machine alone
+    epochs = 45
+    config["evaluation"]["finetune"].update(epochs=epochs, batch_size=16)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     target = "results/eval/finetune/random/frac1_seed0.json"
@@ -305,14 +308,14 @@ def test_time_limit_then_rerun_resumes_finetuning(cluster, profile, tmp_path):
     import torch
 
     done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
-    assert 0 < done < 60, done
+    assert 0 < done < epochs, done
 
     second = run_snakemake_slurm(cluster, work, profile, target, *rules, "--set-threads", "eval_finetune=2",
                                  configfile=configfile, timeout=900)
     assert second.returncode == 0, second.stdout[-4000:]
     log = (work / "logs" / "eval_finetune" / "random" / "frac1_seed0.log").read_text()
     assert f"resuming from {checkpoint.relative_to(work)} after epoch {done}" in log, log[:3000]
-    assert _epochs_in(results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv") == list(range(1, 61))
+    assert _epochs_in(results / "eval" / "finetune" / "random" / "frac1_seed0_history.csv") == list(range(1, epochs + 1))
     assert not checkpoint.exists()
 
 

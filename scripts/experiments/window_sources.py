@@ -53,6 +53,28 @@ def _crops(demo: Path) -> dict:
     return {s: open_crop_cache(demo / f"results/cache/crops_{s}.npy") for s in ("train", "val")}
 
 
+def split_by_truth(index: dict, truth: pd.DataFrame, keep_hits: bool) -> dict:
+    """The boxes of ``index`` whose centre is (``keep_hits``) or is not inside a true box,
+    tested as :func:`lesioncl.lesions.quality.index_quality` counts a box's precision."""
+    from lesioncl.lesions.quality import TOLERANCE, _centres, _inside
+    from lesioncl.pretrain.data import image_key
+
+    out: dict = {}
+    for split, images in index.items():
+        t = truth[truth["split"] == split]
+        by_image = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(float) for k, g in t.groupby("image")}
+        kept = {}
+        for name, boxes in images.items():
+            b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+            tb = by_image.get(image_key(name), np.zeros((0, 4)))
+            hit = _inside(_centres(b), tb, TOLERANCE).any(axis=1)
+            chosen = [tuple(box) for box, h in zip(boxes, hit) if bool(h) == keep_hits]
+            if chosen:
+                kept[name] = chosen
+        out[split] = kept
+    return out
+
+
 def grow(index: dict, margin: float, size: int) -> dict:
     """Every box grown by ``margin`` px on each side (what ``pretrain.box_margin`` does)."""
     return {
@@ -82,6 +104,11 @@ def _build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
 
     if variant == "detector":
         return detector()
+    if variant in ("detector_tp", "detector_fp"):
+        # the detector's boxes split by the generator's truth: those whose centre lies in a
+        # true box of any kind (1 px tolerance, as results/lesions/quality.json counts
+        # them), or those that lie in none (vessels, texture)
+        return split_by_truth(detector(), _truth(demo, cfg), keep_hits=variant == "detector_tp")
     if variant == "random":
         return controls.random_index(
             detector(), _crops(demo), controls.RandomIndexSettings(li["border_margin"], size, seed)

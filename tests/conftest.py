@@ -33,6 +33,16 @@ def run_snakemake(workdir: Path, *args: str, configfile: Path | None = None, che
     return proc
 
 
+@pytest.fixture(autouse=True)
+def _no_stamp_from_an_in_process_parse():
+    """A test that parses the workflow in this process (tests/test_config.py) sets the
+    stamp its jobs would write (lesioncl.provenance.export_to_jobs); no later test's
+    lesioncl.adapter.run may write it into this checkout."""
+    os.environ.pop("LESIONCL_PROVENANCE", None)
+    yield
+    os.environ.pop("LESIONCL_PROVENANCE", None)
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

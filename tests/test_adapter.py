@@ -71,3 +71,23 @@ def test_run_clean_error_is_one_line(tmp_path):
 
 def test_run_returns_and_sets_threads(tmp_path):
     assert run(_smk(tmp_path), lambda job: job.threads * 2, torch_threads=True) == 2
+
+
+def test_run_stamps_the_results_folder_first(tmp_path, monkeypatch):
+    """Every job writes the results folder's stamp before its work (a module's only
+    writer); a folder stamped with other data ends the job with one line, no work done."""
+    import json
+
+    from lesioncl.provenance import export_to_jobs
+
+    monkeypatch.chdir(tmp_path)
+    export_to_jobs("results", {"data": {"idrid": {"source": "synthetic"}}, "hash": "a"})
+    seen = []
+    run(_smk(tmp_path), lambda job: seen.append((tmp_path / "results/provenance.json").is_file()))
+    assert seen == [True]
+    export_to_jobs("results", {"data": {"idrid": {"source": "path"}}, "hash": "b"})
+    with pytest.raises(SystemExit):
+        run(_smk(tmp_path), lambda job: seen.append("ran"))
+    assert seen == [True]
+    assert "holds results made from other data" in (tmp_path / "job.log").read_text()
+    assert json.loads((tmp_path / "results/provenance.json").read_text())["hash"] == "a"

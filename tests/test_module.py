@@ -11,6 +11,7 @@ virtual environment (no conda channel is reachable in the tests).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,6 +108,20 @@ def test_module_runs_a_real_job_in_its_own_folder(tmp_path):
     assert sorted(p.name for p in (folder / "results/synthetic/idrid").rglob("IDRiD_*.jpg"))
     log = folder / "logs/synthetic_idrid/synthetic_idrid.log"
     assert log.is_file() and log.stat().st_size > 0
+    # the overwrite guard works in a module too: its job stamped the results folder
+    # (Snakemake ignores the module's onstart), and other data now stop at parse time
+    stamp = json.loads((folder / "results/provenance.json").read_text())
+    assert stamp["data"] == {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"}}
+    config = yaml.safe_load((folder / "config/config.yaml").read_text())
+    config["idrid"].update(source="path", path=str(folder / "results/synthetic/idrid"))
+    (folder / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LESIONCL_ROOT")}
+    refused = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "results/idrid/coco_train.json"],
+                             cwd=folder, capture_output=True, text=True, timeout=300, env=env)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "holds results made from other data" in said, said[-3000:]
+    config["idrid"]["source"] = "synthetic"
+    (folder / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     # stderr is not a terminal here (as in a SLURM job's output): plain progress lines,
     # no carriage returns, and the same lines in the rule's log
     done = re.compile(r"lesioncl\.progress: .+: done, 3 img in \d+:\d\d:\d\d")

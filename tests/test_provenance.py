@@ -22,9 +22,12 @@ from conftest import REPO, SNAKEMAKE, run_snakemake
 from lesioncl.provenance import (
     PROVENANCE_NAME,
     ProvenanceError,
+    PROVENANCE_ENV,
     check_provenance,
     data_sources,
+    export_to_jobs,
     make_stamp,
+    stamp_from_environment,
     write_provenance,
 )
 
@@ -86,6 +89,37 @@ def test_write_check_and_allowed_change(tmp_path):
     stamp = json.loads((results / PROVENANCE_NAME).read_text())
     assert stamp["hash"] == demo_stamp["hash"]
     assert [old["hash"] for old in stamp["history"]] == [real_stamp["hash"]]
+
+
+def test_jobs_stamp_the_folder_the_parse_names(tmp_path, monkeypatch):
+    """How a module deployment gets its stamp (Snakemake ignores its onstart): the parse
+    exports the stamp, every job writes it when the folder has none, and a job whose
+    folder was stamped with other data since the run was planned stops."""
+    assert stamp_from_environment() is None  # outside a workflow run: nothing to do
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    stamp = make_stamp(demo, ["config/config.yaml"])
+    monkeypatch.chdir(tmp_path)
+    export_to_jobs("results", stamp)
+    assert json.loads(os.environ[PROVENANCE_ENV])["results_dir"] == str(tmp_path / "results")
+    path = stamp_from_environment()
+    assert path == tmp_path / "results" / PROVENANCE_NAME
+    first = json.loads(path.read_text())
+    assert first["hash"] == stamp["hash"] and first["history"] == []
+    assert stamp_from_environment() == path  # the same data: left as it is
+    assert json.loads(path.read_text())["created"] == first["created"]
+
+    real = json.loads(json.dumps(demo))
+    real["idrid"].update(source="path", path=str(tmp_path / "idrid.zip"))
+    export_to_jobs(tmp_path / "results", make_stamp(real))
+    with pytest.raises(ProvenanceError, match="holds results made from other data"):
+        stamp_from_environment()
+    export_to_jobs(tmp_path / "results", make_stamp(real), allow_change=True)
+    changed = json.loads(stamp_from_environment().read_text())
+    assert changed["hash"] == make_stamp(real)["hash"]
+    assert changed["history"][0]["hash"] == stamp["hash"]
+    monkeypatch.setenv(PROVENANCE_ENV, "{not json")
+    with pytest.raises(ProvenanceError, match=PROVENANCE_ENV):
+        stamp_from_environment()
 
 
 def test_a_damaged_stamp_is_an_error(tmp_path):

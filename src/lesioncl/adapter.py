@@ -8,6 +8,9 @@ rest, the same way for every rule:
   :func:`lesioncl.utils.setup_logging`;
 * threads: ``torch_threads=True`` limits torch's CPU threads to the rule's ``threads``
   (a CPU job uses the cores it asked for, not the machine's);
+* the results folder's provenance stamp, written before the job's work when the folder
+  has none yet (:func:`lesioncl.provenance.stamp_from_environment`: how a workflow
+  deployed as a module gets its stamp);
 * errors: an unexpected error is logged with its traceback and re-raised; the bad-input
   errors a script names in ``clean_errors`` (their message says what to fix) are logged
   as one line and end the job with exit status 1, without a traceback.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, TypeVar
 
+from lesioncl.provenance import ProvenanceError, stamp_from_environment
 from lesioncl.utils import resolve_device, setup_logging
 
 T = TypeVar("T")
@@ -116,8 +120,10 @@ def run(
             ) from err
         torch.set_num_threads(job.threads)
     try:
+        stamp_from_environment()
         return main(job)
-    except clean_errors as exc:  # bad input: the message says what to do, no traceback
+    # bad input (or another data source's results folder): the message says what to do
+    except (ProvenanceError, *clean_errors) as exc:
         log.error("rule %s failed: %s", job.rule, exc)
         raise SystemExit(1) from None
     except Exception:

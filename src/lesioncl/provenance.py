@@ -14,6 +14,13 @@ ways out (another ``results_dir``, the right ``--configfile``, or
 
 Only the data sources are compared: hyper-parameters (crop margins, schedules,
 synthetic demo sizes) may change freely; Snakemake reruns exactly what they affect.
+
+Who writes the stamp: the workflow's ``onstart:`` handler before the first job, and
+every job again (:func:`stamp_from_environment`, called by :func:`lesioncl.adapter.run`;
+a no-op once the folder is stamped). Snakemake ignores ``onstart:`` in a workflow used as
+a module, so the jobs are what stamps a module deployment's results folder: the parse
+of ``workflow/rules/common.smk``, which a module runs too, hands the stamp to its jobs
+through the environment (:func:`export_to_jobs`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from typing import Any, Iterable, Mapping
 from lesioncl.utils import write_json
 
 PROVENANCE_NAME = "provenance.json"
+# The stamp a job writes (JSON: results_dir, stamp, allow_change), set at parse time.
+PROVENANCE_ENV = "LESIONCL_PROVENANCE"
 
 
 class ProvenanceError(RuntimeError):
@@ -190,3 +199,33 @@ def write_provenance(
     record["history"] = history
     write_json(path, record)
     return path
+
+
+def export_to_jobs(
+    results_dir: str | os.PathLike, stamp: Mapping[str, Any], allow_change: bool = False
+) -> None:
+    """Hand the stamp to the jobs of this run (they inherit the environment; a cluster
+    job parses the workflow again and sets it itself)."""
+    os.environ[PROVENANCE_ENV] = json.dumps(
+        {
+            "results_dir": os.path.abspath(results_dir),
+            "stamp": dict(stamp),
+            "allow_change": bool(allow_change),
+        }
+    )
+
+
+def stamp_from_environment() -> Path | None:
+    """Stamp the results folder named by :func:`export_to_jobs`, if any (a job's first
+    step); None outside a workflow run. Raises :class:`ProvenanceError` when the folder
+    was stamped with other data since the run was planned."""
+    text = os.environ.get(PROVENANCE_ENV)
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+        results_dir, stamp = spec["results_dir"], spec["stamp"]
+        allow_change = bool(spec.get("allow_change", False))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProvenanceError(f"environment variable {PROVENANCE_ENV} is damaged ({exc})") from exc
+    return write_provenance(results_dir, stamp, allow_change)

@@ -49,11 +49,13 @@ ENV_TORCH = "../../envs/torch.yaml"
 
 # Provenance (lesioncl.provenance): results made from other data sources (another
 # config's) stop the run here, before any job; the first run that executes jobs
-# stamps RESULTS/provenance.json.
+# stamps RESULTS/provenance.json: onstart (below) and every job (lesioncl.adapter),
+# since Snakemake ignores onstart in a workflow used as a module.
 from lesioncl.provenance import (
     ProvenanceError,
     check_data_folders,
     check_provenance,
+    export_to_jobs,
     make_stamp,
     write_provenance,
 )
@@ -69,6 +71,7 @@ try:
     check_provenance(RESULTS, PROVENANCE, _ALLOW_CHANGE)
 except ProvenanceError as err:
     raise WorkflowError(str(err)) from None
+export_to_jobs(RESULTS, PROVENANCE, _ALLOW_CHANGE)
 
 
 onstart:

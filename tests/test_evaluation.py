@@ -16,11 +16,13 @@ from lesioncl.evaluation.fractions import (
 )
 from lesioncl.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
+    auroc_bootstrap_ci,
     classification_metrics,
     fast_quadratic_kappa,
     kappa_bootstrap_ci,
     predict_thresholds,
     quadratic_kappa,
+    referable_auroc,
     tune_thresholds,
 )
 
@@ -227,6 +229,35 @@ def test_kappa_bootstrap_ci_narrows_with_more_images():
         return high - low
 
     assert width(1200) < 0.6 * width(100)
+
+
+def test_referable_auroc_is_sklearns_with_ties_and_an_interval():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 400)
+    scores = np.round(y + rng.normal(0, 1.5, 400), 1)  # rounded: many ties
+    auc = referable_auroc(y, scores)
+    assert auc == pytest.approx(roc_auc_score(y >= 2, scores), abs=1e-12)
+    assert referable_auroc(y, -scores) == pytest.approx(1 - auc, abs=1e-12)
+    low, high = auroc_bootstrap_ci(y, scores)
+    assert low < auc < high and 0.05 < high - low < 0.2
+    assert auroc_bootstrap_ci(y, scores) == (low, high)  # a fixed seed: reproducible
+    # a perfect ranking, and undefined cases (one side only) as None
+    assert referable_auroc(y, y.astype(float)) == 1.0
+    assert referable_auroc([0, 1, 1], [0.1, 0.2, 0.3]) is None
+    assert auroc_bootstrap_ci([3, 4], [0.1, 0.2]) is None
+    with pytest.raises(ValueError, match="non-finite"):
+        referable_auroc([0, 3], [0.1, np.nan])
+
+
+def test_classification_metrics_carry_the_auroc_when_given_scores():
+    y = np.array([0, 1, 2, 3, 4] * 6)
+    scores = y + 0.1 * np.arange(30) % 0.7
+    m = classification_metrics(y, y, scores)
+    assert m["referable_auroc"] == pytest.approx(referable_auroc(y, scores))
+    assert len(m["referable_auroc_ci95"]) == 2
+    assert "referable_auroc" not in classification_metrics(y, y)
 
 
 def test_classification_metrics_carry_the_interval():

@@ -133,6 +133,8 @@ def test_run_finetune_outputs(tmp_path):
     for key in ("val", "test", "val_tuned", "test_tuned"):
         assert res[key]["n"] == 8 and np.array(res[key]["confusion_matrix"]).sum() == 8
     assert np.all(np.diff(res["thresholds_tuned"]) > 0)
+    # the regression score ranks referable DR (the 8 test images: both sides present)
+    assert 0.0 <= res["test"]["referable_auroc"] <= 1.0 and len(res["test"]["referable_auroc_ci95"]) == 2
     if res["val"]["kappa"] is not None and res["val_tuned"]["kappa"] is not None:
         assert res["val_tuned"]["kappa"] >= res["val"]["kappa"] - 1e-12
     history = pd.read_csv(hist)

@@ -145,6 +145,8 @@ def test_linear_eval_separable_features_reach_high_kappa():
                             weight_decays=[0.0, 1e-3], batch_size=64, seed=0)
     assert res["test"]["kappa"] > 0.95
     assert res["val"]["kappa"] > 0.95
+    # the referable-DR score is the head's P(grade >= 2): separable clusters rank perfectly
+    assert res["test"]["referable_auroc"] > 0.98 and len(res["test"]["referable_auroc_ci95"]) == 2
     assert res["selected"]["weight_decay"] in (0.0, 1e-3)
     assert 1 <= res["selected"]["epoch"] <= 30
     # Deterministic for a fixed seed.
@@ -159,6 +161,8 @@ def test_linear_eval_random_labels_stay_near_chance():
     xte, yte = _clusters(300, seed=2, shuffle_labels=True)
     res = linear_evaluation(xtr, ytr, xva, yva, xte, yte, epochs=20, weight_decays=[1e-3], seed=0)
     assert abs(res["test"]["kappa"] or 0.0) < 0.3
+    low, high = res["test"]["referable_auroc_ci95"]
+    assert abs(res["test"]["referable_auroc"] - 0.5) < 0.12 and low < 0.5 < high
 
 
 def test_standardize_uses_train_statistics_only():

@@ -96,6 +96,29 @@ def test_markdown_layout(result_files, tmp_path):
     assert len(back) == len(table)
 
 
+def test_auroc_blocks_when_results_carry_it(result_files, tmp_path):
+    results, _ = load_results(result_files)
+    md = kappa_markdown(kappa_table(results, METHODS, FRACTIONS), METHODS, FRACTIONS)
+    assert "AUROC of referable DR" not in md.split("## Linear evaluation")[1]  # earlier results
+    with_auc = []
+    for i, path in enumerate(result_files):
+        r = json.loads(path.read_text())
+        if not r["skipped"] and r["evaluation"] == "linear":
+            r["test"].update(referable_auroc=0.8 + 0.05 * r["seed"], referable_auroc_ci95=[0.7, 0.9])
+        p = tmp_path / f"auc{i}.json"
+        p.write_text(json.dumps(r))
+        with_auc.append(p)
+    results, _ = load_results(with_auc)
+    table = kappa_table(results, METHODS, FRACTIONS)
+    row = table[(table.method == "lesion_cl") & (table.evaluation == "linear") & (table.fraction == 1.0)].iloc[0]
+    assert row.test_auroc_mean == pytest.approx(0.825) and row.test_auroc_ci_low == pytest.approx(0.7)
+    md = kappa_markdown(table, METHODS, FRACTIONS)
+    block = md.split("## Linear evaluation: AUROC of referable DR (grade 2 or more)")[1]
+    assert "| lesion_cl | 0.825 ± 0.035 [0.70, 0.90] | 0.825 ± 0.035 [0.70, 0.90] |" in block
+    assert "| random | 0.800 [0.70, 0.90] |" in block and "| imagenet | skipped | skipped |" in block
+    assert "Fine-tuning: AUROC" not in md  # no fine-tuning result carries it here
+
+
 def test_fractions_not_configured_for_an_evaluation_have_no_row(result_files):
     results, _ = load_results(result_files)
     table = kappa_table(results, METHODS, FRACTIONS, fractions_of={"finetune": [1.0]})

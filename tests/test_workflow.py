@@ -167,7 +167,15 @@ def test_kappa_table_is_complete(demo):
                 assert len(cell) == 1, (evaluation, method, fraction, rows)
                 kappa = float(cell["test_kappa_mean"].iloc[0])
                 assert -1.0 <= kappa <= 1.0
+                # the referable-DR AUROC with its interval (the synthetic test split holds
+                # both sides)
+                auc, low, high = (float(cell[k].iloc[0]) for k in
+                                  ("test_auroc_mean", "test_auroc_ci_low", "test_auroc_ci_high"))
+                assert 0.0 <= low <= auc <= high <= 1.0, (evaluation, method, fraction, auc, low, high)
     markdown = (demo / "results/tables/kappa.md").read_text()
+    for evaluation in evaluations:
+        title = {"linear": "Linear evaluation", "finetune": "Fine-tuning"}[evaluation]
+        assert f"## {title}: AUROC of referable DR (grade 2 or more)" in markdown
     for method in methods:  # a row and a line of the legend each
         assert markdown.count(f"`{method}`") >= 1 and f"| {method} |" in markdown, method
 

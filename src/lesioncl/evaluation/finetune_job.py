@@ -182,8 +182,9 @@ def run_finetune(
         "settings": asdict(s),
         "selected": {"epoch": fit["best_epoch"]},
         "thresholds": list(DEFAULT_THRESHOLDS),
-        "val": classification_metrics(y_val, predict_thresholds(val_scores)),
-        "test": classification_metrics(y_test, predict_thresholds(test_scores)),
+        # the regression score is the severity: the referable-DR AUROC ranks it
+        "val": classification_metrics(y_val, predict_thresholds(val_scores), val_scores),
+        "test": classification_metrics(y_test, predict_thresholds(test_scores), test_scores),
     }
     if s.tune_thresholds:
         tuned, _ = tune_thresholds(val_scores, y_val)

@@ -32,7 +32,12 @@ from torch import nn
 
 from lesioncl.evaluation.features import load_features
 from lesioncl.evaluation.fractions import read_fractions
-from lesioncl.evaluation.metrics import N_LEVELS, classification_metrics, quadratic_kappa
+from lesioncl.evaluation.metrics import (
+    N_LEVELS,
+    REFERABLE_GRADE,
+    classification_metrics,
+    quadratic_kappa,
+)
 from lesioncl.progress import progress
 from lesioncl.utils import write_json
 
@@ -137,11 +142,21 @@ def train_linear(
     return best
 
 
-def predict_linear(state: dict, x: np.ndarray) -> np.ndarray:
+def linear_probabilities(state: dict, x: np.ndarray) -> np.ndarray:
+    """The head's softmax over the five grades, (N, 5)."""
     head = nn.Linear(state["weight"].shape[1], N_LEVELS)
     head.load_state_dict(state)
     with torch.no_grad():
-        return head(torch.from_numpy(x)).argmax(1).numpy()
+        return torch.softmax(head(torch.from_numpy(x)), dim=1).numpy()
+
+
+def predict_linear(state: dict, x: np.ndarray) -> np.ndarray:
+    return linear_probabilities(state, x).argmax(1)
+
+
+def referable_probability(probabilities: np.ndarray) -> np.ndarray:
+    """P(grade >= 2) from the five grades' probabilities: the referable-DR score."""
+    return probabilities[:, REFERABLE_GRADE:].sum(1)
 
 
 def linear_evaluation(
@@ -184,8 +199,8 @@ def linear_evaluation(
         log.info("weight decay %g: best val kappa %.4f at epoch %d", wd, run["kappa"], run["epoch"])
         runs.append(run)
     chosen = max(runs, key=lambda r: r["kappa"])  # first best wins ties (grid order)
-    val_pred = predict_linear(chosen["state"], xs_val)
-    test_pred = predict_linear(chosen["state"], xs_test)
+    val_prob = linear_probabilities(chosen["state"], xs_val)
+    test_prob = linear_probabilities(chosen["state"], xs_test)
     return {
         "selected": {"weight_decay": chosen["weight_decay"], "epoch": chosen["epoch"]},
         "grid": [
@@ -197,8 +212,10 @@ def linear_evaluation(
             for r in runs
         ],
         "val_curve": chosen["curve"],
-        "val": classification_metrics(y_val, val_pred),
-        "test": classification_metrics(y_test, test_pred),
+        "val": classification_metrics(y_val, val_prob.argmax(1), referable_probability(val_prob)),
+        "test": classification_metrics(
+            y_test, test_prob.argmax(1), referable_probability(test_prob)
+        ),
     }
 
 

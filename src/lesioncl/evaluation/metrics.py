@@ -1,4 +1,6 @@
-"""Grading metrics: quadratic weighted kappa, accuracy, confusion matrix, thresholds."""
+"""Grading metrics: quadratic weighted kappa, accuracy, confusion matrix, thresholds, and
+the AUROC of referable DR (grade 2 or more, the figure retinal foundation-model papers
+report beside kappa)."""
 
 from __future__ import annotations
 
@@ -83,8 +85,75 @@ def kappa_bootstrap_ci(
     return float(low), float(high)
 
 
-def classification_metrics(y_true, y_pred) -> dict:
-    """Kappa with its 95 % bootstrap interval, accuracy and the 5x5 confusion matrix.
+#: Referable DR: grade 2 (moderate) or more, the usual binary end point of DR screening.
+REFERABLE_GRADE = 2
+#: Bootstrap resamples behind an AUROC's interval (each one sorts the scores).
+AUROC_BOOTSTRAP_SAMPLES = 1000
+
+
+def _auroc_from_ranks(positive: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """AUROC along the last axis from 1-based average ranks (the Mann-Whitney U statistic)."""
+    n_pos = positive.sum(-1)
+    n_neg = positive.shape[-1] - n_pos
+    u = (ranks * positive).sum(-1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return u / (n_pos * n_neg)
+
+
+def referable_auroc(y_true, scores, grade: int = REFERABLE_GRADE) -> float | None:
+    """AUROC of ``scores`` (higher: more severe) for grade >= ``grade``; None when the
+    images hold only one side (no referable or no non-referable image)."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(y_true, dtype=np.int64) >= grade
+    scores = np.asarray(scores, dtype=np.float64)
+    if positive.shape != scores.shape or positive.ndim != 1:
+        raise ValueError(
+            f"y_true and scores must be 1-D of equal length, got {positive.shape}, {scores.shape}"
+        )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("non-finite scores (the model diverged?)")
+    if positive.all() or not positive.any():
+        return None
+    return float(_auroc_from_ranks(positive, rankdata(scores)))
+
+
+def auroc_bootstrap_ci(
+    y_true,
+    scores,
+    grade: int = REFERABLE_GRADE,
+    level: float = 0.95,
+    samples: int = AUROC_BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    chunk: int = 100,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of :func:`referable_auroc` over the images (fixed
+    seed; resamples with one side only are left out; ``chunk`` resamples at a time)."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(y_true, dtype=np.int64) >= grade
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(positive)
+    if n == 0 or positive.all() or not positive.any():
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, samples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, samples - start), n))
+        auc = _auroc_from_ranks(positive[idx], rankdata(scores[idx], axis=1))
+        values.append(auc[np.isfinite(auc)])
+    aucs = np.concatenate(values)
+    if len(aucs) == 0:
+        return None
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(aucs, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def classification_metrics(y_true, y_pred, referable_scores=None) -> dict:
+    """Kappa with its 95 % bootstrap interval, accuracy and the 5x5 confusion matrix; with
+    ``referable_scores`` (one per image, higher: more severe) also the AUROC of referable
+    DR (grade >= 2) with its 95 % bootstrap interval.
 
     (confusion matrix: rows truth, columns prediction)
     """
@@ -92,13 +161,18 @@ def classification_metrics(y_true, y_pred) -> dict:
     y_pred = np.asarray(y_pred, dtype=np.int64)
     kappa = quadratic_kappa(y_true, y_pred)
     ci = kappa_bootstrap_ci(y_true, y_pred)
-    return {
+    out = {
         "kappa": None if math.isnan(kappa) else kappa,
         "kappa_ci95": None if ci is None else list(ci),
         "accuracy": float(np.mean(y_true == y_pred)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=LEVELS).tolist(),
         "n": int(len(y_true)),
     }
+    if referable_scores is not None:
+        auc_ci = auroc_bootstrap_ci(y_true, referable_scores)
+        out["referable_auroc"] = referable_auroc(y_true, referable_scores)
+        out["referable_auroc_ci95"] = None if auc_ci is None else list(auc_ci)
+    return out
 
 
 def predict_thresholds(scores, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:

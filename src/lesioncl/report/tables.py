@@ -40,6 +40,10 @@ TABLE_COLUMNS = [
     "test_kappa_ci_high",
     "test_kappa_tuned_ci_low",
     "test_kappa_tuned_ci_high",
+    "test_auroc_mean",
+    "test_auroc_std",
+    "test_auroc_ci_low",
+    "test_auroc_ci_high",
     "n_train",
     "train_steps",
     "selected_epoch_mean",
@@ -52,9 +56,9 @@ def _metric(res: dict, split: str, key: str):
     return np.nan if value is None else float(value)
 
 
-def _ci(res: dict, split: str) -> tuple[float, float]:
-    """The 95 % bootstrap interval of a split's kappa (nan, nan when absent)."""
-    ci = (res.get(split) or {}).get("kappa_ci95")
+def _ci(res: dict, split: str, key: str = "kappa_ci95") -> tuple[float, float]:
+    """The 95 % bootstrap interval of a split's kappa (or ``key``; nan, nan when absent)."""
+    ci = (res.get(split) or {}).get(key)
     return (np.nan, np.nan) if not ci else (float(ci[0]), float(ci[1]))
 
 
@@ -86,10 +90,16 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list
                 "test_kappa": _metric(res, "test", "kappa"),
                 "test_accuracy": _metric(res, "test", "accuracy"),
                 "test_kappa_tuned": _metric(res, "test_tuned", "kappa"),
+                # referable DR (grade >= 2); absent from results of earlier versions
+                "test_auroc": _metric(res, "test", "referable_auroc"),
                 **{
                     f"{key}_ci_{end}": value
-                    for key, split in (("test_kappa", "test"), ("test_kappa_tuned", "test_tuned"))
-                    for end, value in zip(("low", "high"), _ci(res, split))
+                    for key, split, ci_key in (
+                        ("test_kappa", "test", "kappa_ci95"),
+                        ("test_kappa_tuned", "test_tuned", "kappa_ci95"),
+                        ("test_auroc", "test", "referable_auroc_ci95"),
+                    )
+                    for end, value in zip(("low", "high"), _ci(res, split, ci_key))
                 },
                 "n_train": res.get("n_train", np.nan),
                 "train_steps": res.get("train_steps", np.nan),
@@ -146,7 +156,13 @@ def kappa_table(
                     row["skip_reason"] = str(sel["skip_reason"].iloc[0])
                 else:
                     row["status"] = "ok"
-                for key in ("val_kappa", "test_kappa", "test_accuracy", "test_kappa_tuned"):
+                for key in (
+                    "val_kappa",
+                    "test_kappa",
+                    "test_accuracy",
+                    "test_kappa_tuned",
+                    "test_auroc",
+                ):
                     mean, std = _mean_std(ok[key]) if len(ok) else (np.nan, np.nan)
                     row[f"{key}_mean"], row[f"{key}_std"] = mean, std
                 # With several seeds: the average of the per-seed bootstrap bounds.
@@ -155,6 +171,8 @@ def kappa_table(
                     "test_kappa_ci_high",
                     "test_kappa_tuned_ci_low",
                     "test_kappa_tuned_ci_high",
+                    "test_auroc_ci_low",
+                    "test_auroc_ci_high",
                 ):
                     row[key] = (
                         float(ok[key].mean()) if len(ok) and ok[key].notna().any() else np.nan
@@ -230,7 +248,9 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         "their intervals). Model selection (epoch, weight decay) on the validation split only. "
         "'skipped': the method could not run here (see kappa.csv, column skip_reason); "
         "'–': not run in this configuration (e.g. a label fraction that is not in "
-        "evaluation.finetune.fractions)."
+        "evaluation.finetune.fractions). The AUROC blocks rank each test image by its "
+        "referable-DR score (linear: the head's probability of grade 2 or more; fine-tuning: "
+        "the regression output) against grade >= 2 (1,000 bootstrap resamples)."
     )
     lines += ["", *(f"- `{m}`: {method_note(m)}" for m in methods)]
     blocks = [(e, "test_kappa", EVALUATION_TITLES.get(e, e)) for e in table["evaluation"].unique()]
@@ -238,6 +258,13 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         blocks.append(
             ("finetune", "test_kappa_tuned", "Fine-tuning, thresholds tuned on validation")
         )
+    for evaluation in table["evaluation"].unique():
+        sub = table[table["evaluation"] == evaluation]
+        if sub["test_auroc_mean"].notna().any():
+            title = EVALUATION_TITLES.get(evaluation, evaluation)
+            blocks.append(
+                (evaluation, "test_auroc", f"{title}: AUROC of referable DR (grade 2 or more)")
+            )
     for evaluation, key, title in blocks:
         sub = table[table["evaluation"] == evaluation]
         lines += ["", f"## {title}", ""]

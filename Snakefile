@@ -11,6 +11,7 @@ include: "workflow/rules/detector.smk"
 include: "workflow/rules/lesions.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -26,4 +27,5 @@ rule all:
         f"{RESULTS}/eyepacs/crop_rejects.csv",
         REPORT_TARGETS,
         QC_TARGETS,
+        EXTERNAL_TARGETS,
     default_target: True

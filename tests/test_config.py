@@ -93,6 +93,13 @@ SETTINGS_SOURCES = {
         **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
     },
+    "lesioncl.synthetic.graded_sets:GradedSetSettings": {
+        **{k: f"synthetic.external.{k}" for k in ("n_images", "height", "grade_distribution", "quirks")},
+        "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+    },
+    "lesioncl.external.split:SplitSettings": {
+        k: f"external.split.{k}" for k in ("val_fraction", "test_fraction", "seed")
+    },
     "lesioncl.lesions.controls:TruthIndexSettings": {
         **{k: f"lesion_index.{k}" for k in ("truth_kinds", "max_box_size", "border_margin")},
         "size": "crop.size",
@@ -176,6 +183,11 @@ RULE_SETTINGS = {
     "synthetic_eyepacs": ("lesioncl.synthetic:EyepacsSetSettings", "settings"),
     "synthetic_idrid": ("lesioncl.synthetic:IdridSetSettings", "settings"),
     "crop_shard": ("lesioncl.crop:CropParams", "crop"),
+    "synthetic_external": ("lesioncl.synthetic.graded_sets:GradedSetSettings", "settings"),
+    "external_labels": ("lesioncl.external.split:SplitSettings", "split"),
+    "external_crop": ("lesioncl.crop:CropParams", "crop"),
+    "external_features": ("lesioncl.evaluation.features:FeatureSettings", "settings"),
+    "external_linear": ("lesioncl.evaluation.linear:LinearSettings", "settings"),
     "idrid_coco": ("lesioncl.idrid:CocoSettings", "settings"),
     "detector_qc": ("lesioncl.detector.qc:DetectorQcSettings", "settings"),
     "lesions_predict": ("lesioncl.lesions:PredictSettings", "settings"),

@@ -49,7 +49,8 @@ def _resolved(path: str | None) -> str | None:
 
 
 def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The data-defining part of a config: where EyePACS and IDRiD come from."""
+    """The data-defining part of a config: where EyePACS, IDRiD and the external graded
+    sets come from."""
     eyepacs = config.get("eyepacs", {})
     idrid = config.get("idrid", {})
     ep_source = eyepacs.get("source", "synthetic")
@@ -62,7 +63,32 @@ def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     idr: dict[str, Any] = {"source": id_source}
     if id_source == "path":
         idr["path"] = _resolved(idrid.get("path"))
-    return {"eyepacs": ep, "idrid": idr}
+    sources: dict[str, Any] = {"eyepacs": ep, "idrid": idr}
+    # the external graded sets, only when there are any (stamps of earlier versions and of
+    # runs without them stay the same)
+    sets = (config.get("external") or {}).get("sets") or {}
+    if sets:
+        sources["external"] = {
+            name: "synthetic" if where == "synthetic" else _resolved(where)
+            for name, where in sorted(sets.items())
+        }
+    return sources
+
+
+def _parts(sources: Mapping[str, Any]) -> dict[str, Any]:
+    """The data sources as separate parts: eyepacs, idrid, and one per external set."""
+    parts = {k: v for k, v in sources.items() if k != "external"}
+    for name, where in (sources.get("external") or {}).items():
+        parts[f"external.{name}"] = where
+    return parts
+
+
+def conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The parts both stamps name with different data. A part only one of them names (an
+    external set added to, or left out of, the config) is no conflict: no result made
+    from the other data would be replaced."""
+    a, b = _parts(old), _parts(new)
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k])
 
 
 def check_data_folders(config: Mapping[str, Any]) -> None:
@@ -72,10 +98,14 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
     :class:`lesioncl.eyepacs.EyepacsError` / :class:`lesioncl.idrid.IdridLayoutError`)
     naming the path and the fix.
     """
+    from lesioncl.external.layouts import ExternalLayoutError, check_external_folder
     from lesioncl.eyepacs.common import EyepacsError
     from lesioncl.idrid import IdridLayoutError
 
     try:
+        for name, where in ((config.get("external") or {}).get("sets") or {}).items():
+            if where != "synthetic":
+                check_external_folder(name, where)
         eyepacs = config.get("eyepacs", {})
         if eyepacs.get("source") == "folder" and eyepacs.get("raw_dir"):
             from lesioncl.eyepacs.rawdir import check_raw_layout
@@ -86,7 +116,7 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
             from lesioncl.idrid import check_idrid_path
 
             check_idrid_path(idrid["path"])
-    except (EyepacsError, IdridLayoutError) as exc:
+    except (EyepacsError, IdridLayoutError, ExternalLayoutError) as exc:
         raise ProvenanceError(str(exc)) from exc
 
 
@@ -140,6 +170,9 @@ def _describe(stamp: Mapping[str, Any]) -> str:
     id_text = f"idrid.source: {idr.get('source')}"
     if idr.get("path"):
         id_text += f" (path {idr['path']})"
+    external = data.get("external") or {}
+    if external:
+        id_text += "; external.sets: " + ", ".join(f"{k} {v}" for k, v in external.items())
     files = ", ".join(stamp.get("configfiles") or []) or "no config file"
     overrides = stamp.get("config_overrides") or []
     extra = f" with --config {', '.join(overrides)}" if overrides else ""
@@ -151,19 +184,23 @@ def check_provenance(
 ) -> str:
     """Compare ``stamp`` with the stamp of ``results_dir`` before any job runs.
 
-    Returns 'new' (no stamp yet), 'same' or 'changed' (different data, allowed);
-    raises :class:`ProvenanceError` for different data without ``allow_change``.
+    Returns 'new' (no stamp yet), 'same', 'extended' (data sources added or left out,
+    none changed: an external set added to the config) or 'changed' (different data,
+    allowed); raises :class:`ProvenanceError` for different data without ``allow_change``.
     """
     old = read_stamp(results_dir)
     if old is None:
         return "new"
     if old["hash"] == stamp["hash"]:
         return "same"
+    if not conflicts(old["data"], stamp["data"]):
+        return "extended"
     if allow_change:
         return "changed"
     path = Path(results_dir) / PROVENANCE_NAME
     raise ProvenanceError(
-        f"{results_dir}/ holds results made from other data; nothing was run.\n"
+        f"{results_dir}/ holds results made from other data "
+        f"({', '.join(conflicts(old['data'], stamp['data']))}); nothing was run.\n"
         f"  {path} was written by: {_describe(old)}\n"
         f"  this run uses:          {_describe(stamp)}\n"
         "Snakemake would replace those results with ones made from this run's data. Either\n"
@@ -193,7 +230,7 @@ def write_provenance(
     record = dict(stamp)
     record["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     history = []
-    if status == "changed":
+    if status in ("changed", "extended"):
         old = read_stamp(results_dir) or {}
         history = list(old.pop("history", []) or []) + [old]
     record["history"] = history

@@ -1,0 +1,146 @@
+"""The external-evaluation table: per graded set, test kappa and referable-DR AUROC of
+every method at every label fraction (rule external_table).
+
+The runs are the linear evaluations of each set (the EyePACS recipe on the set's own
+splits); :func:`lesioncl.report.tables.kappa_table` aggregates them over seeds as it
+does for EyePACS, one block of rows per set (column ``set``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lesioncl.report.tables import (
+    format_cell,
+    fraction_label,
+    kappa_table,
+    load_results,
+    method_note,
+)
+from lesioncl.utils import atomic_path
+
+log = logging.getLogger("lesioncl.external")
+
+SET_TITLES = {
+    "idrid_grading": "IDRiD (disease grading)",
+    "aptos2019": "APTOS 2019",
+    "messidor2": "Messidor-2",
+    "ddr_grading": "DDR (grading)",
+}
+
+
+def external_table(
+    results_of: Mapping[str, Sequence[str | os.PathLike]],
+    methods: Sequence[str],
+    fractions: Sequence[float],
+) -> pd.DataFrame:
+    """One row per set x method x fraction (linear evaluation), aggregated over seeds."""
+    parts = []
+    for name, paths in results_of.items():
+        results, _ = load_results(paths)
+        table = kappa_table(results, methods, fractions, evaluations=("linear",))
+        parts.append(table.assign(set=name))
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    return table[["set", *[c for c in table.columns if c != "set"]]]
+
+
+def _cells(sub: pd.DataFrame, method: str, fractions, key: str) -> list[str]:
+    cells = []
+    for fraction in fractions:
+        row = sub[(sub["method"] == method) & np.isclose(sub["fraction"], float(fraction))]
+        if len(row) == 0:
+            cells.append("–")
+            continue
+        r = row.iloc[0]
+        ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
+        cells.append(
+            format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"], ci=ci)
+        )
+    return cells
+
+
+def _set_line(summary: Mapping) -> str:
+    cropped = summary.get("cropped", {})
+    splits = ", ".join(f"{s} {cropped.get(s, 0)}" for s in ("train", "val", "test"))
+    reasons = ", ".join(f"{k} {v}" for k, v in (summary.get("reasons") or {}).items())
+    return (
+        f"{cropped.get('total', 0)} images ({splits}); rejected "
+        f"{summary.get('rejected', {}).get('total', 0)}" + (f" ({reasons})" if reasons else "")
+    )
+
+
+def external_markdown(
+    table: pd.DataFrame,
+    methods: Sequence[str],
+    fractions: Sequence[float],
+    summaries: Mapping[str, Mapping] | None = None,
+) -> str:
+    lines = [
+        "# External evaluation",
+        "",
+        "Each backbone graded on other graded sets by linear evaluation (the EyePACS recipe: "
+        "a softmax head on frozen features, weight decay and epoch chosen on the set's own "
+        "val split), at label fractions of the set's training split. Test kappa (quadratic "
+        "weighted) and the AUROC of referable DR (grade 2 or more; the head's probability of "
+        "grade >= 2), mean ± std over seeds where more than one ran, in brackets the 95 % "
+        "bootstrap interval over the test images. The images and their rejects: "
+        "results/external/<set>/summary.json and rejects.csv.",
+        "",
+        *(f"- `{m}`: {method_note(m)}" for m in methods),
+    ]
+    header = "| method | " + " | ".join(fraction_label(f) for f in fractions) + " |"
+    rule = "|---|" + "---:|" * len(fractions)
+    for name in table["set"].unique() if len(table) else []:
+        sub = table[table["set"] == name]
+        lines += ["", f"## {SET_TITLES.get(name, name)} (`{name}`)", ""]
+        if summaries and name in summaries:
+            lines += [_set_line(summaries[name]) + ".", ""]
+        for key, title in (
+            ("test_kappa", "test kappa"),
+            ("test_auroc", "AUROC of referable DR (grade 2 or more)"),
+        ):
+            lines += [f"{title}:", "", header, rule]
+            lines += [
+                f"| {m} | " + " | ".join(_cells(sub, m, fractions, key)) + " |" for m in methods
+            ]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_external_table(
+    results_of: Mapping[str, Sequence[str | os.PathLike]],
+    summaries: Mapping[str, str | os.PathLike],
+    methods: Sequence[str],
+    fractions: Sequence[float],
+    csv_path: str | os.PathLike,
+    md_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Rule external_table: every external run JSON -> external.csv and external.md."""
+    table = external_table(results_of, methods, fractions)
+    loaded = {name: json.loads(open(path).read()) for name, path in summaries.items()}
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(external_markdown(table, methods, fractions, loaded))
+    for _, row in table.iterrows():
+        log.info(
+            "%-14s %-12s %6s: kappa %s, AUROC %s",
+            row["set"],
+            row["method"],
+            fraction_label(row["fraction"]),
+            format_cell(
+                row["test_kappa_mean"], row["test_kappa_std"], row["n_seeds"], row["status"]
+            ),
+            format_cell(
+                row["test_auroc_mean"], row["test_auroc_std"], row["n_seeds"], row["status"]
+            ),
+        )
+    return table

@@ -17,6 +17,7 @@ demo: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
 	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
 	@cat results/tables/kappa.md
+	@if [ -f results/tables/external.md ]; then cat results/tables/external.md; fi
 	@echo "Report: results/report.html"
 
 controls: setup
@@ -24,6 +25,7 @@ controls: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
 	$(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
 	@cat results/tables/kappa.md
+	@if [ -f results/tables/external.md ]; then cat results/tables/external.md; fi
 	@echo "Report: results/report.html"
 
 # Two pytest-xdist workers: the end-to-end demo runs on one while the SLURM tests (which

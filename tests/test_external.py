@@ -218,3 +218,73 @@ def test_the_stamp_covers_the_external_sets(tmp_path):
     assert check_provenance(tmp_path, plain) == "extended"
     # stamps of configs without external sets keep their hash (earlier results folders)
     assert "external" not in plain["data"]
+
+
+def test_transfer_grades_another_set_with_the_saved_head(tmp_path):
+    """The head a linear evaluation chose, saved in its result with its standardisation,
+    grades another set's features as it is (external validation)."""
+    from lesioncl.evaluation.features import save_features
+    from lesioncl.evaluation.linear import (
+        apply_head,
+        linear_evaluation,
+        linear_probabilities,
+        run_transfer,
+        standardize,
+    )
+
+    rng = np.random.default_rng(0)
+
+    def clusters(n, shift=0.0):
+        y = rng.integers(0, 5, n)
+        return (y[:, None] * 2.0 + rng.normal(0, 0.5, (n, 8)) + shift).astype(np.float32), y
+
+    (xtr, ytr), (xva, yva), (xte, yte) = clusters(200), clusters(100), clusters(100)
+    res = linear_evaluation(xtr, ytr, xva, yva, xte, yte, epochs=20, weight_decays=[0.0], seed=0)
+    head = json.loads(json.dumps(res["head"]))  # as the result JSON stores it
+    import torch
+
+    state = {k: torch.tensor(head[k]) for k in ("weight", "bias")}
+    _, xs_te = standardize(xtr, xte)
+    assert np.allclose(apply_head(head, xte), linear_probabilities(state, xs_te), atol=1e-5)
+    # the same predictions as the evaluation's own test metrics
+    pred = apply_head(head, xte).argmax(1)
+    cm = np.zeros((5, 5), int)
+    np.add.at(cm, (yte, pred), 1)
+    assert cm.tolist() == res["test"]["confusion_matrix"]
+    source = tmp_path / "eyepacs.json"
+    source.write_text(json.dumps({"method": "m", "evaluation": "linear", "fraction": 1.0,
+                                  "seed": 0, "skipped": False, **res}))
+    xo, yo = clusters(120)  # another set, same feature space
+    save_features(tmp_path / "test.npz", xo, yo, [f"i{i}" for i in range(120)], "m", "test")
+    out = run_transfer(method="m", seed=0, source_result=source, test_features=tmp_path / "test.npz",
+                       output=tmp_path / "t.json")
+    assert out["evaluation"] == "transfer_linear" and out["test"]["n"] == 120
+    assert out["test"]["kappa"] > 0.8 and out["test"]["referable_auroc"] > 0.95
+    # a shifted set (another camera): the head, trained elsewhere, grades it worse
+    xs, ys = clusters(120, shift=3.0)
+    save_features(tmp_path / "shifted.npz", xs, ys, [f"s{i}" for i in range(120)], "m", "test")
+    shifted = run_transfer(method="m", seed=0, source_result=source,
+                           test_features=tmp_path / "shifted.npz", output=tmp_path / "s.json")
+    assert shifted["test"]["kappa"] < out["test"]["kappa"] - 0.1
+    # a result of an earlier version has no head: said, with the fix
+    old = {k: v for k, v in json.loads(source.read_text()).items() if k != "head"}
+    source.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="--forcerun eval_linear"):
+        run_transfer(method="m", seed=0, source_result=source, test_features=tmp_path / "test.npz",
+                     output=tmp_path / "u.json")
+
+
+def test_external_table_has_a_transfer_column(tmp_path):
+    paths = []
+    for i, (evaluation, fraction, k) in enumerate(
+            (("linear", 0.1, 0.3), ("linear", 1.0, 0.6), ("transfer_linear", 1.0, 0.4))):
+        r = _result("lesion_cl", fraction, 0, k, 0.7)
+        r["evaluation"] = evaluation
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    table = external_table({"ddr_grading": paths}, ["lesion_cl"], [0.1, 1.0], 1.0)
+    assert sorted(table["evaluation"].unique()) == ["linear", "transfer_linear"]
+    assert len(table) == 3
+    md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
+    assert "| method | 10% | 100% | EyePACS head, as is |" in md
+    assert "| lesion_cl | 0.300 [0.20, 0.40] | 0.600 [0.50, 0.70] | 0.400 [0.30, 0.50] |" in md

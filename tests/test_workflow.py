@@ -180,6 +180,29 @@ def test_kappa_table_is_complete(demo):
         assert markdown.count(f"`{method}`") >= 1 and f"| {method} |" in markdown, method
 
 
+def test_external_evaluation_of_the_demo(demo):
+    """The demo grades every method on a synthetic APTOS 2019 (PNG files, frame size tied
+    to grade): the external table holds kappa and AUROC with intervals for each."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    sets = list(config["external"]["sets"])
+    assert sets == ["aptos2019"]
+    table = pd.read_csv(demo / "results/tables/external.csv")
+    methods = [m for m in config["evaluation"]["methods"] if m != "imagenet"]
+    ok = table[table["status"] == "ok"]
+    assert sorted(ok["method"].unique()) == sorted(methods)
+    assert set(table.loc[table["method"] == "imagenet", "status"]) == {"skipped"}
+    for _, row in ok.iterrows():
+        assert row["test_kappa_ci_low"] <= row["test_kappa_mean"] <= row["test_kappa_ci_high"]
+        assert 0 <= row["test_auroc_ci_low"] <= row["test_auroc_mean"] <= row["test_auroc_ci_high"] <= 1
+    md = (demo / "results/tables/external.md").read_text()
+    assert "## APTOS 2019 (`aptos2019`)" in md and "AUROC of referable DR" in md
+    summary = json.loads((demo / "results/external/aptos2019/summary.json").read_text())
+    n = config["synthetic"]["external"]["n_images"]
+    assert summary["cropped"]["total"] == n and summary["rejected"]["total"] == 0
+    stamp = json.loads((demo / "results/provenance.json").read_text())
+    assert stamp["data"]["external"] == {"aptos2019": "synthetic"}
+
+
 def test_lesion_index_quality_against_the_generator(demo):
     """On synthetic data the index is scored against the generator's true boxes: its
     windows hold a true lesion more often than random windows in the same images, and

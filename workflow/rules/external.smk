@@ -9,6 +9,7 @@
 #   external_fractions   -> fractions/seed{seed}.csv          (scripts/eval_fractions.py)
 #   external_features    -> features/{method}/{train,val,test}.npz (one job a method)
 #   external_linear      -> linear/{method}/frac{f}_seed{s}.json (scripts/eval_linear.py)
+#   external_transfer    EyePACS linear head -> transfer_linear/{method}/seed{s}.json
 #   external_table       -> results/tables/external.csv, external.md
 _EXT = config["external"]
 EXTERNAL_SETS = list(_EXT["sets"])
@@ -26,12 +27,20 @@ _SYN_EXTERNAL = dict(
         }.items()
     )
 )
+# External validation: the head of EyePACS's linear evaluation at its largest label
+# fraction grades each set's test split as it is.
+TRANSFER_FRACTION = max(EVAL_FRACTIONS, key=float)
 EXTERNAL_RESULTS = {
     name: expand(
         f"{EXT_DIR}/{name}/linear/{{method}}/frac{{fraction}}_seed{{seed}}.json",
         method=EVAL_METHODS,
         fraction=EXT_FRACTIONS,
         seed=EXT_SEEDS,
+    )
+    + expand(
+        f"{EXT_DIR}/{name}/transfer_linear/{{method}}/seed{{seed}}.json",
+        method=EVAL_METHODS if _EXT["transfer"] else [],
+        seed=EVAL_SEEDS,
     )
     for name in EXTERNAL_SETS
 }
@@ -247,6 +256,27 @@ use rule eval_linear as external_linear with:
         f"{BENCH}/external_linear/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
 
 
+rule external_transfer:
+    input:
+        eyepacs=f"{RESULTS}/eval/linear/{{method}}/frac{TRANSFER_FRACTION}_seed{{seed}}.json",
+        test=f"{EXT_DIR}/{{set}}/features/{{method}}/test.npz",
+    output:
+        f"{EXT_DIR}/{{set}}/transfer_linear/{{method}}/seed{{seed}}.json",
+    wildcard_constraints:
+        method=r"[A-Za-z0-9_]+",
+        seed=r"\d+",
+    log:
+        f"{LOGS}/external_transfer/{{set}}/{{method}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/external_transfer.py"
+
+
 rule external_table:
     input:
         **{f"results_{name}": EXTERNAL_RESULTS[name] for name in EXTERNAL_SETS},
@@ -271,6 +301,7 @@ rule external_table:
         sets=EXTERNAL_SETS,
         methods=EVAL_METHODS,
         fractions=[float(f) for f in _EXT["fractions"]],
+        transfer_fraction=float(TRANSFER_FRACTION),
     log:
         f"{LOGS}/external_table/external_table.log",
     threads: 1

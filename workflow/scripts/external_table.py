@@ -11,6 +11,7 @@ def main(job):
         summaries={name: getattr(job.input, f"summary_{name}") for name in sets},
         methods=job.params.methods,
         fractions=job.params.fractions,
+        transfer_fraction=job.params.transfer_fraction,
         csv_path=job.output.csv,
         md_path=job.output.md,
     )

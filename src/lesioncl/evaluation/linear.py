@@ -19,6 +19,7 @@ Choices (documented here and in the README):
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -59,12 +60,44 @@ class LinearSettings:
         object.__setattr__(self, "weight_decays", tuple(self.weight_decays))  # a list from YAML
 
 
-def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Standardise every array with the per-dimension mean/std of ``train``."""
+def standard_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-dimension mean and std of ``train`` (std 1 where a dimension is constant)."""
     mean = train.mean(0, keepdims=True)
     std = train.std(0, keepdims=True)
-    std = np.where(std < 1e-6, 1.0, std)
+    return mean, np.where(std < 1e-6, 1.0, std)
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Standardise every array with the per-dimension mean/std of ``train``."""
+    mean, std = standard_stats(train)
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+
+
+def head_record(state: dict, train: np.ndarray) -> dict:
+    """The chosen head with the standardisation it was trained behind (plain lists in the
+    result JSON): what :func:`apply_head` needs to grade other images' features as they are."""
+    mean, std = standard_stats(train)
+    return {
+        "weight": state["weight"].tolist(),
+        "bias": state["bias"].tolist(),
+        "mean": mean[0].tolist(),
+        "std": std[0].tolist(),
+    }
+
+
+def apply_head(head: dict, features: np.ndarray) -> np.ndarray:
+    """The five grades' probabilities of a saved head (:func:`head_record`) on ``features``."""
+    mean, std = np.asarray(head["mean"]), np.asarray(head["std"])
+    if features.shape[1] != len(mean):
+        raise ValueError(
+            f"features of dimension {features.shape[1]} for a head trained on {len(mean)}"
+        )
+    x = ((features - mean) / std).astype(np.float32)
+    state = {
+        "weight": torch.tensor(head["weight"], dtype=torch.float32),
+        "bias": torch.tensor(head["bias"], dtype=torch.float32),
+    }
+    return linear_probabilities(state, x)
 
 
 def class_weights(y: np.ndarray, n_classes: int = N_LEVELS) -> np.ndarray:
@@ -203,6 +236,7 @@ def linear_evaluation(
     test_prob = linear_probabilities(chosen["state"], xs_test)
     return {
         "selected": {"weight_decay": chosen["weight_decay"], "epoch": chosen["epoch"]},
+        "head": head_record(chosen["state"], x_train),
         "grid": [
             {
                 "weight_decay": r["weight_decay"],
@@ -347,3 +381,51 @@ def run_linear(
 
 def _fmt(k) -> str:
     return "n/a" if k is None else f"{k:.4f}"
+
+
+def run_transfer(
+    *,
+    method: str,
+    seed: int,
+    source_result: str | os.PathLike,
+    test_features: str | os.PathLike,
+    output: str | os.PathLike,
+) -> dict:
+    """External validation: the head a linear evaluation chose (``source_result``, e.g.
+    EyePACS at 100 % of its labels) grades another set's test features as it is, with
+    no training on that set -> metrics JSON (evaluation ``transfer_linear``)."""
+    source = json.loads(Path(source_result).read_text())
+    fraction = float(source.get("fraction", 1.0))
+    test = load_features(test_features)
+    reason = source.get("skip_reason") if source.get("skipped") else test["skipped"]
+    if reason:
+        result = skipped_result(method, "transfer_linear", fraction, seed, reason)
+        write_json(output, result)
+        return result
+    if "head" not in source:
+        raise ValueError(
+            f"{source_result} holds no head (written by an earlier version); rerun its "
+            f"linear evaluation: --forcerun eval_linear"
+        )
+    probs = apply_head(source["head"], test["features"])
+    result = {
+        "method": method,
+        "evaluation": "transfer_linear",
+        "fraction": fraction,
+        "seed": int(seed),
+        "skipped": False,
+        "source": str(source_result),
+        "test": classification_metrics(
+            test["levels"], probs.argmax(1), referable_probability(probs)
+        ),
+    }
+    write_json(output, result)
+    log.info(
+        "transfer %s seed %d (head from %s): test kappa %s, AUROC %s",
+        method,
+        seed,
+        source_result,
+        _fmt(result["test"]["kappa"]),
+        _fmt(result["test"].get("referable_auroc")),
+    )
+    return result

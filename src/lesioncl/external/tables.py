@@ -2,8 +2,10 @@
 every method at every label fraction (rule external_table).
 
 The runs are the linear evaluations of each set (the EyePACS recipe on the set's own
-splits); :func:`lesioncl.report.tables.kappa_table` aggregates them over seeds as it
-does for EyePACS, one block of rows per set (column ``set``).
+splits, evaluation ``linear``) and the EyePACS linear head graded on the set's test
+split as it is (evaluation ``transfer_linear``: external validation, no training on the
+set); :func:`lesioncl.report.tables.kappa_table` aggregates them over seeds as it does
+for EyePACS, one block of rows per set (column ``set``).
 """
 
 from __future__ import annotations
@@ -35,16 +37,26 @@ SET_TITLES = {
 }
 
 
+EVALUATIONS = ("linear", "transfer_linear")
+
+
 def external_table(
     results_of: Mapping[str, Sequence[str | os.PathLike]],
     methods: Sequence[str],
     fractions: Sequence[float],
+    transfer_fraction: float = 1.0,
 ) -> pd.DataFrame:
-    """One row per set x method x fraction (linear evaluation), aggregated over seeds."""
+    """One row per set x evaluation x method x fraction, aggregated over seeds (the
+    transfer rows at the EyePACS fraction its head was trained on)."""
     parts = []
+    fractions_of = {"linear": list(fractions), "transfer_linear": [transfer_fraction]}
     for name, paths in results_of.items():
         results, _ = load_results(paths)
-        table = kappa_table(results, methods, fractions, evaluations=("linear",))
+        evaluations = ["linear"]
+        if len(results) and (results["evaluation"] == "transfer_linear").any():
+            evaluations.append("transfer_linear")
+        every = sorted({float(f) for f in fractions} | {float(transfer_fraction)})
+        table = kappa_table(results, methods, every, evaluations, fractions_of)
         parts.append(table.assign(set=name))
     if not parts:
         return pd.DataFrame()
@@ -91,26 +103,35 @@ def external_markdown(
         "val split), at label fractions of the set's training split. Test kappa (quadratic "
         "weighted) and the AUROC of referable DR (grade 2 or more; the head's probability of "
         "grade >= 2), mean ± std over seeds where more than one ran, in brackets the 95 % "
-        "bootstrap interval over the test images. The images and their rejects: "
-        "results/external/<set>/summary.json and rejects.csv.",
+        "bootstrap interval over the test images. 'EyePACS head, as is': the head of the "
+        "EyePACS linear evaluation (trained on EyePACS labels only) grades the set's test "
+        "split without any training on the set (external validation). The images and their "
+        "rejects: results/external/<set>/summary.json and rejects.csv.",
         "",
         *(f"- `{m}`: {method_note(m)}" for m in methods),
     ]
-    header = "| method | " + " | ".join(fraction_label(f) for f in fractions) + " |"
-    rule = "|---|" + "---:|" * len(fractions)
     for name in table["set"].unique() if len(table) else []:
         sub = table[table["set"] == name]
         lines += ["", f"## {SET_TITLES.get(name, name)} (`{name}`)", ""]
         if summaries and name in summaries:
             lines += [_set_line(summaries[name]) + ".", ""]
+        linear = sub[sub["evaluation"] == "linear"]
+        transfer = sub[sub["evaluation"] == "transfer_linear"]
+        columns = [fraction_label(f) for f in fractions]
+        if len(transfer):
+            columns.append("EyePACS head, as is")
+        header = "| method | " + " | ".join(columns) + " |"
+        rule = "|---|" + "---:|" * len(columns)
         for key, title in (
             ("test_kappa", "test kappa"),
             ("test_auroc", "AUROC of referable DR (grade 2 or more)"),
         ):
             lines += [f"{title}:", "", header, rule]
-            lines += [
-                f"| {m} | " + " | ".join(_cells(sub, m, fractions, key)) + " |" for m in methods
-            ]
+            for m in methods:
+                cells = _cells(linear, m, fractions, key)
+                if len(transfer):
+                    cells += _cells(transfer, m, [transfer["fraction"].iloc[0]], key)
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -122,9 +143,10 @@ def build_external_table(
     fractions: Sequence[float],
     csv_path: str | os.PathLike,
     md_path: str | os.PathLike,
+    transfer_fraction: float = 1.0,
 ) -> pd.DataFrame:
     """Rule external_table: every external run JSON -> external.csv and external.md."""
-    table = external_table(results_of, methods, fractions)
+    table = external_table(results_of, methods, fractions, transfer_fraction)
     loaded = {name: json.loads(open(path).read()) for name, path in summaries.items()}
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
@@ -132,8 +154,9 @@ def build_external_table(
         tmp.write_text(external_markdown(table, methods, fractions, loaded))
     for _, row in table.iterrows():
         log.info(
-            "%-14s %-12s %6s: kappa %s, AUROC %s",
+            "%-14s %-15s %-12s %6s: kappa %s, AUROC %s",
             row["set"],
+            row["evaluation"],
             row["method"],
             fraction_label(row["fraction"]),
             format_cell(

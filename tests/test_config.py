@@ -188,6 +188,7 @@ RULE_SETTINGS = {
     "external_crop": ("lesioncl.crop:CropParams", "crop"),
     "external_features": ("lesioncl.evaluation.features:FeatureSettings", "settings"),
     "external_linear": ("lesioncl.evaluation.linear:LinearSettings", "settings"),
+    "external_finetune": ("lesioncl.evaluation.finetune:FinetuneSettings", "settings"),
     "idrid_coco": ("lesioncl.idrid:CocoSettings", "settings"),
     "detector_qc": ("lesioncl.detector.qc:DetectorQcSettings", "settings"),
     "lesions_predict": ("lesioncl.lesions:PredictSettings", "settings"),
@@ -235,5 +236,5 @@ def test_rules_fill_their_settings_dataclass(name, tmp_path):
     for rule, (path, _) in RULE_SETTINGS.items():
         module, cls = path.split(":")
         fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
-        operational = {"channels_last", "workers"} if rule == "eval_finetune" else set()
+        operational = {"channels_last", "workers"} if rule.endswith("_finetune") else set()
         assert set(params[rule]) == fields - operational, rule

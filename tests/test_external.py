@@ -53,6 +53,14 @@ def test_layout_quirks(sets):
     labels, _ = read_external("idrid_grading", sets["idrid_grading"])
     assert {"train_IDRiD_001", "test_IDRiD_001"} <= set(labels["image"])
     assert set(labels.loc[labels["image"].str.startswith("test_"), "split"]) == {"test"}
+    # a label file saved with a byte-order mark (spreadsheet exports) reads the same
+    csv = sets["idrid_grading"] / "B. Disease Grading/2. Groundtruths/b. IDRiD_Disease Grading_Testing Labels.csv"
+    text = csv.read_text()
+    csv.write_text("\ufeff" + text, encoding="utf-8")
+    try:
+        assert read_external("idrid_grading", sets["idrid_grading"])[0].equals(labels)
+    finally:
+        csv.write_text(text)
     # and the folder's parent works as well as the folder
     labels_b, _ = read_external("idrid_grading", sets["idrid_grading"] / "B. Disease Grading")
     assert labels_b.equals(labels)
@@ -288,3 +296,13 @@ def test_external_table_has_a_transfer_column(tmp_path):
     md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
     assert "| method | 10% | 100% | EyePACS head, as is |" in md
     assert "| lesion_cl | 0.300 [0.20, 0.40] | 0.600 [0.50, 0.70] | 0.400 [0.30, 0.50] |" in md
+    assert "Fine-tuning" not in md  # none ran
+    # fine-tuning results get their own blocks (no transfer column there)
+    r = _result("lesion_cl", 1.0, 0, 0.7, 0.9)
+    r["evaluation"] = "finetune"
+    (tmp_path / "ft.json").write_text(json.dumps(r))
+    table = external_table({"ddr_grading": [*paths, tmp_path / "ft.json"]}, ["lesion_cl"],
+                           [0.1, 1.0], 1.0)
+    md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
+    block = md.split("Fine-tuning, test kappa:")[1].split("Fine-tuning, AUROC")[0]
+    assert "| method | 10% | 100% |\n" in block and "| lesion_cl | – | 0.700 [0.60, 0.80] |" in block

@@ -23,7 +23,10 @@ LAYOUTS = ("idrid_grading", "aptos2019", "messidor2", "ddr_grading")
 def test_every_layout_end_to_end(tmp_path):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["synthetic"].update(workers=1, external={"n_images": 40, "height": 200})
-    config["evaluation"].update(methods=["random"], workers=0)
+    config["evaluation"].update(methods=["random"], workers=0, input_size=128)
+    # fine-tuning within each set too: one short epoch a set
+    config["evaluation"]["finetune"].update(enabled=True, epochs=1, min_steps_per_epoch=0,
+                                            fractions=[1.0])
     config["external"].update(sets={name: "synthetic" for name in LAYOUTS}, fractions=[1.0],
                               transfer=False)  # the demo covers it (it needs EyePACS)
     path = tmp_path / "external.yaml"
@@ -31,14 +34,16 @@ def test_every_layout_end_to_end(tmp_path):
     work = tmp_path / "work"
     run_snakemake(work, "--cores", "2", "results/tables/external.md", configfile=path)
     table = pd.read_csv(work / "results/tables/external.csv")
-    assert sorted(table["set"]) == sorted(LAYOUTS)
+    assert sorted(table["set"].unique()) == sorted(LAYOUTS)
     assert (table["method"] == "random").all() and (table["status"] == "ok").all()
+    assert sorted(table["evaluation"].unique()) == ["finetune", "linear"]  # transfer: off here
     for _, row in table.iterrows():
         assert -1 <= row["test_kappa_mean"] <= 1
         assert 0 <= row["test_auroc_ci_low"] <= row["test_auroc_mean"] <= row["test_auroc_ci_high"] <= 1
     md = (work / "results/tables/external.md").read_text()
     for title in ("IDRiD (disease grading)", "APTOS 2019", "Messidor-2", "DDR (grading)"):
         assert f"## {title}" in md, md
+    assert md.count("Fine-tuning, test kappa:") == len(LAYOUTS)
     # each layout's quirks counted, nothing silently dropped
     summary = {n: json.loads((work / f"results/external/{n}/summary.json").read_text()) for n in LAYOUTS}
     assert summary["ddr_grading"]["reasons"] == {"ungradable": 3}

@@ -195,7 +195,7 @@ def test_external_evaluation_of_the_demo(demo):
         assert row["test_kappa_ci_low"] <= row["test_kappa_mean"] <= row["test_kappa_ci_high"]
         assert 0 <= row["test_auroc_ci_low"] <= row["test_auroc_mean"] <= row["test_auroc_ci_high"] <= 1
     md = (demo / "results/tables/external.md").read_text()
-    assert "## APTOS 2019 (`aptos2019`)" in md and "AUROC of referable DR" in md
+    assert "## APTOS 2019 (`aptos2019`)" in md and "Linear evaluation, AUROC of referable DR" in md
     summary = json.loads((demo / "results/external/aptos2019/summary.json").read_text())
     n = config["synthetic"]["external"]["n_images"]
     assert summary["cropped"]["total"] == n and summary["rejected"]["total"] == 0

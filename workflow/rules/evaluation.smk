@@ -48,6 +48,22 @@ REPORT_RESULTS = eval_plan.result_files(
 )
 
 
+# The fine-tuning recipe's settings (FinetuneSettings), on EyePACS and the external sets.
+FINETUNE_SETTINGS = dict(
+    epochs=_FT["epochs"],
+    min_steps_per_epoch=_FT["min_steps_per_epoch"],
+    batch_size=_FT["batch_size"],
+    lr=_FT["lr"],
+    momentum=_FT["momentum"],
+    nesterov=_FT["nesterov"],
+    weight_decay=_FT["weight_decay"],
+    input_size=_EVAL["input_size"],
+    eval_batch_size=_EVAL["feature_batch_size"],
+    tune_thresholds=_FT["tune_thresholds"],
+    amp=_EVAL["amp"],
+)
+
+
 rule eval_fractions:
     input:
         f"{RESULTS}/cache/crops_train.csv",
@@ -161,19 +177,7 @@ rule eval_finetune:
     params:
         arch=EVAL_ARCH,
         imagenet_weights=_EVAL["imagenet_weights"],
-        settings=dict(
-            epochs=_FT["epochs"],
-            min_steps_per_epoch=_FT["min_steps_per_epoch"],
-            batch_size=_FT["batch_size"],
-            lr=_FT["lr"],
-            momentum=_FT["momentum"],
-            nesterov=_FT["nesterov"],
-            weight_decay=_FT["weight_decay"],
-            input_size=_EVAL["input_size"],
-            eval_batch_size=_EVAL["feature_batch_size"],
-            tune_thresholds=_FT["tune_thresholds"],
-            amp=_EVAL["amp"],
-        ),
+        settings=FINETUNE_SETTINGS,
         # Resume state, deliberately not an output (Snakemake deletes the outputs of
         # failed jobs); removed by the job after success.
         checkpoint=f"{RESULTS}/eval/checkpoints/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.pt",

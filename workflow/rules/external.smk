@@ -9,6 +9,7 @@
 #   external_fractions   -> fractions/seed{seed}.csv          (scripts/eval_fractions.py)
 #   external_features    -> features/{method}/{train,val,test}.npz (one job a method)
 #   external_linear      -> linear/{method}/frac{f}_seed{s}.json (scripts/eval_linear.py)
+#   external_finetune    the fine-tuning recipe -> finetune/{method}/frac{f}_seed{s}.json
 #   external_transfer    EyePACS linear head -> transfer_linear/{method}/seed{s}.json
 #   external_table       -> results/tables/external.csv, external.md
 _EXT = config["external"]
@@ -44,6 +45,17 @@ EXTERNAL_RESULTS = {
     )
     for name in EXTERNAL_SETS
 }
+# Fine-tuning within each set (external.finetune, when evaluation.finetune is enabled):
+# the EyePACS recipe on the set's own splits, at the external fractions.
+EXT_FINETUNE = _EXT["finetune"] and _FT["enabled"]
+EXT_FINETUNE_SEEDS = list(_FT["seeds"] or EXT_SEEDS)
+for _name in EXTERNAL_SETS:
+    EXTERNAL_RESULTS[_name] += expand(
+        f"{EXT_DIR}/{_name}/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json",
+        method=EVAL_METHODS if EXT_FINETUNE else [],
+        fraction=EXT_FRACTIONS,
+        seed=EXT_FINETUNE_SEEDS,
+    )
 EXTERNAL_TARGETS = (
     [
         f"{RESULTS}/tables/external.csv",
@@ -254,6 +266,35 @@ use rule eval_linear as external_linear with:
         f"{LOGS}/external_linear/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/external_linear/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
+
+
+use rule eval_finetune as external_finetune with:
+    input:
+        **{
+            f"{split}_{kind}": f"{EXT_DIR}/{{set}}/cache/crops_{split}.{kind}"
+            for split in ("train", "val", "test")
+            for kind in ("npy", "csv")
+        },
+        fractions=f"{EXT_DIR}/{{set}}/fractions/seed{{seed}}.csv",
+        weights=lambda wildcards: eval_plan.method_weights(
+            wildcards.method, _EVAL, RESULTS
+        ),
+    output:
+        result=protected(
+            f"{EXT_DIR}/{{set}}/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.json"
+        ),
+        history=f"{EXT_DIR}/{{set}}/finetune/{{method}}/frac{{fraction}}_seed{{seed}}_history.csv",
+    params:
+        arch=EVAL_ARCH,
+        imagenet_weights=_EVAL["imagenet_weights"],
+        settings=FINETUNE_SETTINGS,
+        checkpoint=f"{EXT_DIR}/{{set}}/checkpoints/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.pt",
+        tensorboard=f"{LOGS}/tensorboard/external_finetune/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}",
+        device=torch_device(),
+    log:
+        f"{LOGS}/external_finetune/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/external_finetune/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
 
 
 rule external_transfer:

@@ -186,7 +186,7 @@ def read_idrid_grading(path, settings: SplitSettings = SplitSettings()):
                 f"extracted '{IDRID_GRADING}' folder (or its parent), holding "
                 f"'{IDRID_GRADING_IMAGES}/' and '{IDRID_GRADING_LABELS}/'"
             )
-        table = pd.read_csv(source, dtype=str)
+        table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
         table.columns = [str(c).strip() for c in table.columns]
         table = table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
         missing = {"Image name", "Retinopathy grade"} - set(table.columns)
@@ -226,7 +226,7 @@ def read_aptos2019(path, settings: SplitSettings = SplitSettings()):
             f"the competition's files (train.csv, train_images/); the test labels were never "
             f"released, so only train.csv is used"
         )
-    table = pd.read_csv(source, dtype=str)
+    table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
     missing = {"id_code", "diagnosis"} - set(table.columns)
     if missing:
         raise ExternalLayoutError(f"{source}: no column(s) {sorted(missing)}")
@@ -255,7 +255,7 @@ def read_messidor2(path, settings: SplitSettings = SplitSettings()):
             f"adjudicated_gradable) in the folder beside the images"
         )
     source = found[0]
-    table = pd.read_csv(source, dtype=str)
+    table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
     missing = {"image_id", "adjudicated_dr_grade"} - set(table.columns)
     if missing:
         raise ExternalLayoutError(f"{source}: no column(s) {sorted(missing)}")
@@ -317,7 +317,7 @@ def read_ddr_grading(path, settings: SplitSettings = SplitSettings()):
                 f"test/ and train.txt, valid.txt, test.txt"
             )
         entries = []
-        for number, line in enumerate(source.read_text().splitlines(), 1):
+        for number, line in enumerate(source.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split()

@@ -37,7 +37,7 @@ SET_TITLES = {
 }
 
 
-EVALUATIONS = ("linear", "transfer_linear")
+EVALUATIONS = ("linear", "finetune", "transfer_linear")
 
 
 def external_table(
@@ -49,12 +49,15 @@ def external_table(
     """One row per set x evaluation x method x fraction, aggregated over seeds (the
     transfer rows at the EyePACS fraction its head was trained on)."""
     parts = []
-    fractions_of = {"linear": list(fractions), "transfer_linear": [transfer_fraction]}
+    fractions_of = {
+        "linear": list(fractions),
+        "finetune": list(fractions),
+        "transfer_linear": [transfer_fraction],
+    }
     for name, paths in results_of.items():
         results, _ = load_results(paths)
-        evaluations = ["linear"]
-        if len(results) and (results["evaluation"] == "transfer_linear").any():
-            evaluations.append("transfer_linear")
+        present = set(results["evaluation"]) if len(results) else set()
+        evaluations = [e for e in EVALUATIONS if e == "linear" or e in present]
         every = sorted({float(f) for f in fractions} | {float(transfer_fraction)})
         table = kappa_table(results, methods, every, evaluations, fractions_of)
         parts.append(table.assign(set=name))
@@ -98,15 +101,17 @@ def external_markdown(
     lines = [
         "# External evaluation",
         "",
-        "Each backbone graded on other graded sets by linear evaluation (the EyePACS recipe: "
-        "a softmax head on frozen features, weight decay and epoch chosen on the set's own "
-        "val split), at label fractions of the set's training split. Test kappa (quadratic "
-        "weighted) and the AUROC of referable DR (grade 2 or more; the head's probability of "
-        "grade >= 2), mean ± std over seeds where more than one ran, in brackets the 95 % "
-        "bootstrap interval over the test images. 'EyePACS head, as is': the head of the "
-        "EyePACS linear evaluation (trained on EyePACS labels only) grades the set's test "
-        "split without any training on the set (external validation). The images and their "
-        "rejects: results/external/<set>/summary.json and rejects.csv.",
+        "Each backbone graded on other graded sets by linear evaluation (the EyePACS "
+        "recipe: a softmax head on frozen features, weight decay and epoch chosen on the "
+        "set's own val split) and, where configured, by fine-tuning (the EyePACS recipe; "
+        "the AUROC ranks its regression output), at label fractions of the set's training "
+        "split. Test kappa (quadratic weighted) and the AUROC of referable DR (grade 2 or "
+        "more; the head's probability of grade >= 2), mean ± std over seeds where more "
+        "than one ran, in brackets the 95 % bootstrap interval over the test images. "
+        "'EyePACS head, as is': the head of the EyePACS linear evaluation (trained on "
+        "EyePACS labels only) grades the set's test split without any training on the set "
+        "(external validation). The images and their rejects: "
+        "results/external/<set>/summary.json and rejects.csv.",
         "",
         *(f"- `{m}`: {method_note(m)}" for m in methods),
     ]
@@ -115,24 +120,27 @@ def external_markdown(
         lines += ["", f"## {SET_TITLES.get(name, name)} (`{name}`)", ""]
         if summaries and name in summaries:
             lines += [_set_line(summaries[name]) + ".", ""]
-        linear = sub[sub["evaluation"] == "linear"]
         transfer = sub[sub["evaluation"] == "transfer_linear"]
-        columns = [fraction_label(f) for f in fractions]
-        if len(transfer):
-            columns.append("EyePACS head, as is")
-        header = "| method | " + " | ".join(columns) + " |"
-        rule = "|---|" + "---:|" * len(columns)
-        for key, title in (
-            ("test_kappa", "test kappa"),
-            ("test_auroc", "AUROC of referable DR (grade 2 or more)"),
-        ):
-            lines += [f"{title}:", "", header, rule]
-            for m in methods:
-                cells = _cells(linear, m, fractions, key)
-                if len(transfer):
-                    cells += _cells(transfer, m, [transfer["fraction"].iloc[0]], key)
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            lines.append("")
+        for evaluation, label in (("linear", "linear evaluation"), ("finetune", "fine-tuning")):
+            block = sub[sub["evaluation"] == evaluation]
+            if evaluation != "linear" and not len(block):
+                continue
+            extra = len(transfer) and evaluation == "linear"  # the transfer column
+            columns = [fraction_label(f) for f in fractions]
+            columns += ["EyePACS head, as is"] if extra else []
+            header = "| method | " + " | ".join(columns) + " |"
+            rule = "|---|" + "---:|" * len(columns)
+            for key, title in (
+                ("test_kappa", "test kappa"),
+                ("test_auroc", "AUROC of referable DR (grade 2 or more)"),
+            ):
+                lines += [f"{label.capitalize()}, {title}:", "", header, rule]
+                for m in methods:
+                    cells = _cells(block, m, fractions, key)
+                    if extra:
+                        cells += _cells(transfer, m, [transfer["fraction"].iloc[0]], key)
+                    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

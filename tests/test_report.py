@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import REPO
 
 from lesioncl.report import (
     format_cell,
@@ -174,3 +177,66 @@ def test_interval_and_steps_reach_the_table(tmp_path):
     assert "| lesion_cl | 0.600 [0.51, 0.68] |" in md
     assert "SGD steps per fine-tuning run: 10%: 24." in md
     assert format_cell(0.6, np.nan, 1, ci=(np.nan, np.nan)) == "0.600"
+
+
+# Parses the workflow (in a child process, as tests/test_config.py does) and prints, for
+# every report() output, its rule, caption file and the rule's plain params.
+_CAPTIONS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+with SnakemakeApi(OutputSettings()) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
+                      config_settings=ConfigSettings(configfiles=[Path(sys.argv[1])]),
+                      snakefile=Path(sys.argv[2]), workdir=Path(sys.argv[3]))._workflow
+    out = []
+    for r in wf.rules:
+        for f in r.output:
+            flag = getattr(f, "flags", {}).get("report")
+            if flag is not None:
+                params = {k: v for k, v in r.params.items() if not callable(v)}
+                out.append({"rule": r.name, "caption": str(flag.caption), "params": params})
+print("CAPTIONS=" + json.dumps(out, default=str))
+"""
+
+
+def test_every_report_caption_renders_with_its_rules_params(tmp_path):
+    """A caption that names a param its rule does not have renders as a blank (Jinja's
+    default) and breaks the reST around it: every caption is rendered here strictly,
+    with its rule's own params, and must give clean reStructuredText."""
+    import io
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import docutils.core
+    import jinja2
+    import yaml
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    proc = subprocess.run([sys.executable, "-c", _CAPTIONS, str(REPO / "config/config.yaml"),
+                           str(REPO / "Snakefile"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("CAPTIONS=")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    captions = json.loads(lines[-1].removeprefix("CAPTIONS="))
+    assert len({c["caption"] for c in captions}) >= 20
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    problems = []
+    for c in captions:
+        wildcards = SimpleNamespace(set="aptos2019", split="train", method="lesion_cl",
+                                    evaluation="linear", shard="0")
+        snakemake = SimpleNamespace(params=SimpleNamespace(**c["params"]), config=config,
+                                    wildcards=wildcards)
+        try:
+            text = env.from_string(Path(c["caption"]).read_text()).render(snakemake=snakemake)
+        except jinja2.UndefinedError as exc:
+            problems.append(f"{c['rule']}: {Path(c['caption']).name}: {exc}")
+            continue
+        warnings = io.StringIO()
+        docutils.core.publish_string(text, writer_name="html", settings_overrides={
+            "warning_stream": warnings, "report_level": 2})
+        if warnings.getvalue():
+            problems.append(f"{c['rule']}: {Path(c['caption']).name}: {warnings.getvalue()}")
+    assert not problems, "\n".join(problems)

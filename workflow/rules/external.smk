@@ -91,10 +91,11 @@ rule synthetic_external:
 
 rule external_labels:
     input:
+        # the set's folder (a real one too: a copy that changes reruns the set)
         lambda wildcards: (
             [f"{RESULTS}/synthetic/external/{wildcards.set}"]
             if _EXT["sets"][wildcards.set] == "synthetic"
-            else []
+            else [_EXT["sets"][wildcards.set]]
         ),
     output:
         labels=f"{EXT_DIR}/{{set}}/labels.csv",

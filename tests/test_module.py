@@ -111,7 +111,8 @@ def test_module_runs_a_real_job_in_its_own_folder(tmp_path):
     # the overwrite guard works in a module too: its job stamped the results folder
     # (Snakemake ignores the module's onstart), and other data now stop at parse time
     stamp = json.loads((folder / "results/provenance.json").read_text())
-    assert stamp["data"] == {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"}}
+    assert stamp["data"] == {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"},
+                             "external": {"aptos2019": "synthetic"}}  # the demo config's sets
     config = yaml.safe_load((folder / "config/config.yaml").read_text())
     config["idrid"].update(source="path", path=str(folder / "results/synthetic/idrid"))
     (folder / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

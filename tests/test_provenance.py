@@ -137,7 +137,8 @@ def test_first_run_stamps_and_other_data_stop_before_any_job(tmp_path):
     assert not (work / "results" / PROVENANCE_NAME).exists()
     run_snakemake(work, "--cores", "1", TINY_IDRID, configfile=demo)
     stamp = json.loads((work / "results" / PROVENANCE_NAME).read_text())
-    assert stamp["data"] == {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"}}
+    assert stamp["data"] == {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"},
+                             "external": {"aptos2019": "synthetic"}}  # the demo config's sets
     assert stamp["configfiles"] == [str(demo)]
 
     # the same data with other hyper-parameters: fine

@@ -5,11 +5,11 @@
 #   synthetic_external   -> results/synthetic/external/{set}/ (sets given as `synthetic`)
 #   external_labels      layout -> results/external/{set}/labels.csv, layout_rejects.csv
 #   external_crop        -> crops/, crop_manifest.csv, rejects.csv, summary.json, qc_crops.png
-#   external_cache       -> cache/crops_{split}.npy + .csv   (scripts/crop_cache.py)
-#   external_fractions   -> fractions/seed{seed}.csv          (scripts/eval_fractions.py)
+#   external_cache       -> cache/crops_{split}.npy + .csv   (use rule crop_cache)
+#   external_fractions   -> fractions/seed{seed}.csv          (use rule eval_fractions)
 #   external_features    -> features/{method}/{train,val,test}.npz (one job a method)
-#   external_linear      -> linear/{method}/frac{f}_seed{s}.json (scripts/eval_linear.py)
-#   external_finetune    the fine-tuning recipe -> finetune/{method}/frac{f}_seed{s}.json
+#   external_linear      -> linear/{method}/frac{f}_seed{s}.json (use rule eval_linear)
+#   external_finetune    -> finetune/{method}/frac{f}_seed{s}.json (use rule eval_finetune)
 #   external_transfer    EyePACS linear head -> transfer_linear/{method}/seed{s}.json
 #   external_table       -> results/tables/external.csv, external.md
 _EXT = config["external"]
@@ -159,47 +159,29 @@ rule external_crop:
         "../scripts/external_crop.py"
 
 
-rule external_cache:
+use rule crop_cache as external_cache with:
     input:
         manifest=f"{EXT_DIR}/{{set}}/crop_manifest.csv",
     output:
         npy=f"{EXT_DIR}/{{set}}/cache/crops_{{split}}.npy",
         csv=f"{EXT_DIR}/{{set}}/cache/crops_{{split}}.csv",
-    wildcard_constraints:
-        split=r"train|val|test",
-    params:
-        size=config["crop"]["size"],
     log:
         f"{LOGS}/external_cache/{{set}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/external_cache/{{set}}/{{split}}.tsv"
+    priority: 0
     threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        ENV_DATA
-    script:
-        "../scripts/crop_cache.py"
 
 
-rule external_fractions:
+use rule eval_fractions as external_fractions with:
     input:
         f"{EXT_DIR}/{{set}}/cache/crops_train.csv",
     output:
         f"{EXT_DIR}/{{set}}/fractions/seed{{seed}}.csv",
-    wildcard_constraints:
-        seed=r"\d+",
     params:
         fractions=[float(f) for f in _EXT["fractions"]],
     log:
         f"{LOGS}/external_fractions/{{set}}/seed{{seed}}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        ENV_DATA
-    script:
-        "../scripts/eval_fractions.py"
 
 
 rule external_features:

@@ -67,16 +67,20 @@ def standard_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std < 1e-6, 1.0, std)
 
 
+def _standardized(a: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((a - mean) / std).astype(np.float32)
+
+
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Standardise every array with the per-dimension mean/std of ``train``."""
     mean, std = standard_stats(train)
-    return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+    return [_standardized(a, mean, std) for a in (train, *others)]
 
 
-def head_record(state: dict, train: np.ndarray) -> dict:
-    """The chosen head with the standardisation it was trained behind (plain lists in the
-    result JSON): what :func:`apply_head` needs to grade other images' features as they are."""
-    mean, std = standard_stats(train)
+def head_record(state: dict, mean: np.ndarray, std: np.ndarray) -> dict:
+    """The chosen head with the standardisation it was trained behind (``mean``, ``std``
+    of :func:`standard_stats`; plain lists in the result JSON): what :func:`apply_head`
+    needs to grade other images' features as they are."""
     return {
         "weight": state["weight"].tolist(),
         "bias": state["bias"].tolist(),
@@ -92,7 +96,7 @@ def apply_head(head: dict, features: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"features of dimension {features.shape[1]} for a head trained on {len(mean)}"
         )
-    x = ((features - mean) / std).astype(np.float32)
+    x = _standardized(features, mean, std)
     state = {
         "weight": torch.tensor(head["weight"], dtype=torch.float32),
         "bias": torch.tensor(head["bias"], dtype=torch.float32),
@@ -183,10 +187,6 @@ def linear_probabilities(state: dict, x: np.ndarray) -> np.ndarray:
         return torch.softmax(head(torch.from_numpy(x)), dim=1).numpy()
 
 
-def predict_linear(state: dict, x: np.ndarray) -> np.ndarray:
-    return linear_probabilities(state, x).argmax(1)
-
-
 def referable_probability(probabilities: np.ndarray) -> np.ndarray:
     """P(grade >= 2) from the five grades' probabilities: the referable-DR score."""
     return probabilities[:, REFERABLE_GRADE:].sum(1)
@@ -211,7 +211,8 @@ def linear_evaluation(
     """Grid over weight decay, selection on validation, a single test evaluation."""
     if len(x_train) == 0:
         raise ValueError("no labelled training images in this fraction")
-    xs_train, xs_val, xs_test = standardize(x_train, x_val, x_test)
+    mean, std = standard_stats(x_train)  # also saved with the head (external validation)
+    xs_train, xs_val, xs_test = (_standardized(a, mean, std) for a in (x_train, x_val, x_test))
     runs = []
     for wd in progress(list(weight_decays), desc="linear (weight decay grid)", unit="wd"):
         run = train_linear(
@@ -236,7 +237,7 @@ def linear_evaluation(
     test_prob = linear_probabilities(chosen["state"], xs_test)
     return {
         "selected": {"weight_decay": chosen["weight_decay"], "epoch": chosen["epoch"]},
-        "head": head_record(chosen["state"], x_train),
+        "head": head_record(chosen["state"], mean, std),
         "grid": [
             {
                 "weight_decay": r["weight_decay"],

@@ -86,6 +86,22 @@ def _images_in(folder: Path) -> dict[str, Path]:
     }
 
 
+def _read_table(source: Path, required: set[str], tidy: bool = False) -> pd.DataFrame:
+    """A label CSV as strings (a byte-order mark ignored) holding the ``required``
+    columns, or an error naming the file. ``tidy`` (IDRiD's spreadsheet export): header
+    names stripped, empty and unnamed columns and empty rows dropped."""
+    table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
+    if tidy:
+        table.columns = [str(c).strip() for c in table.columns]
+        table = table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
+    missing = required - set(table.columns)
+    if missing:
+        raise ExternalLayoutError(
+            f"{source}: no column(s) {sorted(missing)} (has {list(table.columns)})"
+        )
+    return table.dropna(how="all") if tidy else table
+
+
 def _grades(values: pd.Series, source: Path, names: pd.Series, allowed=range(5)) -> pd.Series:
     """Integer grades, or an error naming the file and the first bad rows."""
     grades = pd.to_numeric(values, errors="coerce")
@@ -186,15 +202,7 @@ def read_idrid_grading(path, settings: SplitSettings = SplitSettings()):
                 f"extracted '{IDRID_GRADING}' folder (or its parent), holding "
                 f"'{IDRID_GRADING_IMAGES}/' and '{IDRID_GRADING_LABELS}/'"
             )
-        table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
-        table.columns = [str(c).strip() for c in table.columns]
-        table = table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
-        missing = {"Image name", "Retinopathy grade"} - set(table.columns)
-        if missing:
-            raise ExternalLayoutError(
-                f"{source}: no column(s) {sorted(missing)} (has {list(table.columns)})"
-            )
-        table = table.dropna(how="all")
+        table = _read_table(source, {"Image name", "Retinopathy grade"}, tidy=True)
         names = table["Image name"].astype(str).str.strip()
         _no_duplicates(names, source)
         listed = pd.DataFrame(
@@ -226,10 +234,7 @@ def read_aptos2019(path, settings: SplitSettings = SplitSettings()):
             f"the competition's files (train.csv, train_images/); the test labels were never "
             f"released, so only train.csv is used"
         )
-    table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
-    missing = {"id_code", "diagnosis"} - set(table.columns)
-    if missing:
-        raise ExternalLayoutError(f"{source}: no column(s) {sorted(missing)}")
+    table = _read_table(source, {"id_code", "diagnosis"})
     names = table["id_code"].astype(str).str.strip()
     _no_duplicates(names, source, "id_code")
     listed = pd.DataFrame(
@@ -255,10 +260,7 @@ def read_messidor2(path, settings: SplitSettings = SplitSettings()):
             f"adjudicated_gradable) in the folder beside the images"
         )
     source = found[0]
-    table = pd.read_csv(source, dtype=str, encoding="utf-8-sig")
-    missing = {"image_id", "adjudicated_dr_grade"} - set(table.columns)
-    if missing:
-        raise ExternalLayoutError(f"{source}: no column(s) {sorted(missing)}")
+    table = _read_table(source, {"image_id", "adjudicated_dr_grade"})
     names = table["image_id"].astype(str).str.strip()
     _no_duplicates(names.str.lower(), source, "image_id")
     gradable = pd.to_numeric(table.get("adjudicated_gradable", 1), errors="coerce")

@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from lesioncl.report.tables import (
@@ -24,6 +23,7 @@ from lesioncl.report.tables import (
     kappa_table,
     load_results,
     method_note,
+    row_cells,
 )
 from lesioncl.utils import atomic_path
 
@@ -65,21 +65,6 @@ def external_table(
         return pd.DataFrame()
     table = pd.concat(parts, ignore_index=True)
     return table[["set", *[c for c in table.columns if c != "set"]]]
-
-
-def _cells(sub: pd.DataFrame, method: str, fractions, key: str) -> list[str]:
-    cells = []
-    for fraction in fractions:
-        row = sub[(sub["method"] == method) & np.isclose(sub["fraction"], float(fraction))]
-        if len(row) == 0:
-            cells.append("–")
-            continue
-        r = row.iloc[0]
-        ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
-        cells.append(
-            format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"], ci=ci)
-        )
-    return cells
 
 
 def _set_line(summary: Mapping) -> str:
@@ -136,9 +121,9 @@ def external_markdown(
             ):
                 lines += [f"{label.capitalize()}, {title}:", "", header, rule]
                 for m in methods:
-                    cells = _cells(block, m, fractions, key)
+                    cells = row_cells(block, m, fractions, key)
                     if extra:
-                        cells += _cells(transfer, m, [transfer["fraction"].iloc[0]], key)
+                        cells += row_cells(transfer, m, [transfer["fraction"].iloc[0]], key)
                     lines.append(f"| {m} | " + " | ".join(cells) + " |")
                 lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -234,6 +234,24 @@ def method_note(method: str) -> str:
     return "weights from evaluation.extra_weights"
 
 
+def row_cells(sub: pd.DataFrame, method: str, fractions: Sequence[float], key: str) -> list[str]:
+    """The formatted cells of ``method``'s row at each of ``fractions`` (``key``: the
+    metric's column prefix, e.g. test_kappa), from one evaluation's rows ``sub``; '–'
+    where there is no row."""
+    cells = []
+    for fraction in fractions:
+        row = sub[(sub["method"] == method) & np.isclose(sub["fraction"], float(fraction))]
+        if len(row) == 0:
+            cells.append("–")
+            continue
+        r = row.iloc[0]
+        ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
+        cells.append(
+            format_cell(r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"], ci=ci)
+        )
+    return cells
+
+
 def fraction_label(fraction: float) -> str:
     return f"{float(fraction) * 100:g}%"
 
@@ -271,19 +289,7 @@ def kappa_markdown(table: pd.DataFrame, methods: Sequence[str], fractions: Seque
         lines.append("| method | " + " | ".join(fraction_label(f) for f in fractions) + " |")
         lines.append("|---|" + "---:|" * len(fractions))
         for method in methods:
-            cells = []
-            for fraction in fractions:
-                row = sub[(sub["method"] == method) & np.isclose(sub["fraction"], float(fraction))]
-                if len(row) == 0:
-                    cells.append("–")
-                    continue
-                r = row.iloc[0]
-                ci = (r[f"{key}_ci_low"], r[f"{key}_ci_high"])
-                cells.append(
-                    format_cell(
-                        r[f"{key}_mean"], r[f"{key}_std"], int(r["n_seeds"]), r["status"], ci=ci
-                    )
-                )
+            cells = row_cells(sub, method, fractions, key)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         if key == "test_kappa":  # the paper's figures, marked as the paper's
             lines += paper_rows(evaluation, fractions)

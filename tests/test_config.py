@@ -84,6 +84,9 @@ SETTINGS_SOURCES = {
     "lesioncl.idrid:CocoSettings": {
         k: f"idrid.{k}" for k in ("mask_threshold", "max_size", "min_box_size", "qc_images")
     },
+    "lesioncl.ddr:DdrCocoSettings": {
+        k: f"ddr.{k}" for k in ("annotations", "mask_threshold", "max_size", "min_box_size", "qc_images")
+    },
     "lesioncl.synthetic:EyepacsSetSettings": {
         **{k: f"synthetic.eyepacs.{k}" for k in ("n_train", "n_test", "min_height", "max_height", "bad_files",
                                                  "grade_distribution", "public_fraction")},
@@ -91,6 +94,11 @@ SETTINGS_SOURCES = {
     },
     "lesioncl.synthetic:IdridSetSettings": {
         **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
+        "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+    },
+    "lesioncl.synthetic:DdrSetSettings": {
+        **{k: f"synthetic.ddr.{k}" for k in ("n_train", "n_val", "n_test", "height", "grade_distribution",
+                                             "quirks")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
     },
     "lesioncl.synthetic.graded_sets:GradedSetSettings": {
@@ -182,6 +190,7 @@ def test_defaults_fill_a_minimal_config(tmp_path):
 RULE_SETTINGS = {
     "synthetic_eyepacs": ("lesioncl.synthetic:EyepacsSetSettings", "settings"),
     "synthetic_idrid": ("lesioncl.synthetic:IdridSetSettings", "settings"),
+    "synthetic_ddr": ("lesioncl.synthetic:DdrSetSettings", "settings"),
     "crop_shard": ("lesioncl.crop:CropParams", "crop"),
     "synthetic_external": ("lesioncl.synthetic.graded_sets:GradedSetSettings", "settings"),
     "external_labels": ("lesioncl.external.split:SplitSettings", "split"),
@@ -190,6 +199,7 @@ RULE_SETTINGS = {
     "external_linear": ("lesioncl.evaluation.linear:LinearSettings", "settings"),
     "external_finetune": ("lesioncl.evaluation.finetune:FinetuneSettings", "settings"),
     "idrid_coco": ("lesioncl.idrid:CocoSettings", "settings"),
+    "ddr_coco": ("lesioncl.ddr:DdrCocoSettings", "settings"),
     "detector_qc": ("lesioncl.detector.qc:DetectorQcSettings", "settings"),
     "lesions_predict": ("lesioncl.lesions:PredictSettings", "settings"),
     "lesions_index": ("lesioncl.lesions:IndexSettings", "settings"),
@@ -222,7 +232,8 @@ print("PARAMS=" + json.dumps(out))
 def test_rules_fill_their_settings_dataclass(name, tmp_path):
     """Each rule's settings entry has exactly its dataclass's keys (job.settings would
     stop the job on an unknown key; a missing one would silently take the default)."""
-    synthetic = {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"}}  # no data here
+    synthetic = {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"},
+                 "ddr": {"source": "synthetic"}}  # no data here
     proc = subprocess.run(
         [sys.executable, "-c", _RULE_PARAMS, str(REPO / "config" / name), str(REPO / "Snakefile"),
          json.dumps({rule: key for rule, (_, key) in RULE_SETTINGS.items()}), json.dumps(synthetic),

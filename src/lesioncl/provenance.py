@@ -49,8 +49,8 @@ def _resolved(path: str | None) -> str | None:
 
 
 def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The data-defining part of a config: where EyePACS, IDRiD and the external graded
-    sets come from."""
+    """The data-defining part of a config: where EyePACS, IDRiD, DDR's lesion data (when
+    the detector uses it) and the external graded sets come from."""
     eyepacs = config.get("eyepacs", {})
     idrid = config.get("idrid", {})
     ep_source = eyepacs.get("source", "synthetic")
@@ -64,6 +64,14 @@ def data_sources(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if id_source == "path":
         idr["path"] = _resolved(idrid.get("path"))
     sources: dict[str, Any] = {"eyepacs": ep, "idrid": idr}
+    # DDR's lesion data, only when the detector trains on it (stamps of earlier versions
+    # and of runs without it stay the same)
+    if "ddr" in ((config.get("detector") or {}).get("datasets") or ()):
+        ddr = config.get("ddr") or {}
+        dd: dict[str, Any] = {"source": ddr.get("source", "synthetic")}
+        if dd["source"] == "path":
+            dd["path"] = _resolved(ddr.get("path"))
+        sources["ddr"] = dd
     # the external graded sets, only when there are any (stamps of earlier versions and of
     # runs without them stay the same)
     sets = (config.get("external") or {}).get("sets") or {}
@@ -98,6 +106,7 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
     :class:`lesioncl.eyepacs.EyepacsError` / :class:`lesioncl.idrid.IdridLayoutError`)
     naming the path and the fix.
     """
+    from lesioncl.ddr import DdrLayoutError, check_ddr_path
     from lesioncl.external.layouts import ExternalLayoutError, check_external_folder
     from lesioncl.eyepacs.common import EyepacsError
     from lesioncl.idrid import IdridLayoutError
@@ -116,7 +125,11 @@ def check_data_folders(config: Mapping[str, Any]) -> None:
             from lesioncl.idrid import check_idrid_path
 
             check_idrid_path(idrid["path"])
-    except (EyepacsError, IdridLayoutError, ExternalLayoutError) as exc:
+        ddr = config.get("ddr") or {}
+        datasets = (config.get("detector") or {}).get("datasets") or ()
+        if "ddr" in datasets and ddr.get("source") == "path" and ddr.get("path"):
+            check_ddr_path(ddr["path"])
+    except (EyepacsError, IdridLayoutError, ExternalLayoutError, DdrLayoutError) as exc:
         raise ProvenanceError(str(exc)) from exc
 
 

@@ -1,7 +1,11 @@
-# The IDRiD lesion detector (docs/method.md "Lesion boxes and detector"): Faster R-CNN + FPN with
+# The lesion detector (docs/method.md "Lesion boxes and detector"): Faster R-CNN + FPN with
 # MMDetection 3.x, its config generated in Python from config["detector"]. Trains on
-# results/idrid/coco_train.json, publishes a plain state_dict + the mmdet config, and
-# evaluates the published model on the testing set (COCO bbox metrics).
+# results/idrid/coco_train.json (detector.datasets [idrid], the paper) or on the joined
+# sources (results/detector/data/), publishes a plain state_dict + the mmdet config, and
+# evaluates the published model on the test set(s) (COCO bbox metrics), then on each
+# source's own splits (detector_eval).
+from lesioncl.detector.sources import check_datasets, source_files
+
 #
 # Resume: mmengine trains in results/detector/checkpoints/ and saves its state there
 # after every epoch. It is not a declared output on purpose (Snakemake deletes the
@@ -9,13 +13,42 @@
 # when the settings and data are unchanged, and the job removes it after success.
 
 _DET = config["detector"]
+DETECTOR_SOURCES = check_datasets(_DET["datasets"])
+# IDRiD alone: the detector reads results/idrid/ as it always did (a detector trained
+# before detector.datasets existed keeps its inputs); otherwise the joined sources.
+_DET_DATA = (
+    f"{RESULTS}/idrid" if DETECTOR_SOURCES == ["idrid"] else f"{RESULTS}/detector/data"
+)
+
+
+# The sources' training and test splits joined (images hard-linked), when the detector
+# trains on more than IDRiD.
+rule detector_data:
+    input:
+        **source_files(RESULTS, DETECTOR_SOURCES, ("train", "test")),
+    output:
+        train=f"{RESULTS}/detector/data/coco_train.json",
+        test=f"{RESULTS}/detector/data/coco_test.json",
+        images=directory(f"{RESULTS}/detector/data/images"),
+    params:
+        sources=DETECTOR_SOURCES,
+    log:
+        f"{LOGS}/detector_data/detector_data.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/detector_data.py"
 
 
 rule detector_train:
     input:
-        train=f"{RESULTS}/idrid/coco_train.json",
-        test=f"{RESULTS}/idrid/coco_test.json",
-        images=f"{RESULTS}/idrid/images",
+        train=f"{_DET_DATA}/coco_train.json",
+        test=f"{_DET_DATA}/coco_test.json",
+        images=f"{_DET_DATA}/images",
     output:
         model=protected(f"{RESULTS}/detector/model.pth"),  # hours on a GPU: README
         config=f"{RESULTS}/detector/mmdet_config.py",
@@ -32,9 +65,12 @@ rule detector_train:
         work=directory(f"{RESULTS}/detector/work"),
     params:
         # key order of the config file does not matter; qc_images only concerns
-        # detector_qc; workers is operational (the script reads it: no rerun)
+        # detector_qc; workers is operational (the script reads it: no rerun); datasets
+        # decides the inputs (their files, not a parameter)
         detector={
-            k: v for k, v in sorted(_DET.items()) if k not in ("qc_images", "workers")
+            k: v
+            for k, v in sorted(_DET.items())
+            if k not in ("qc_images", "workers", "datasets")
         },
         seed=config["seed"],
         device=torch_device(),
@@ -61,8 +97,8 @@ rule detector_qc:
     input:
         model=rules.detector_train.output.model,
         config=rules.detector_train.output.config,
-        test=f"{RESULTS}/idrid/coco_test.json",
-        images=f"{RESULTS}/idrid/images",
+        test=f"{_DET_DATA}/coco_test.json",
+        images=f"{_DET_DATA}/images",
     output:
         report(
             f"{RESULTS}/detector/qc_test.png",
@@ -85,3 +121,35 @@ rule detector_qc:
         ENV_TORCH
     script:
         "../scripts/detector_qc.py"
+
+
+# The published detector measured on each of its sources' own splits (IDRiD test; DDR
+# valid and test): COCO bbox metrics per source and class.
+rule detector_eval:
+    input:
+        **source_files(RESULTS, DETECTOR_SOURCES, ("val", "test")),
+        model=rules.detector_train.output.model,
+        config=rules.detector_train.output.config,
+    output:
+        json=f"{RESULTS}/detector/metrics_by_source.json",
+        md=report(
+            f"{RESULTS}/detector/metrics_by_source.md",
+            caption="../report/detector_sources.rst",
+            category="Lesion detector",
+        ),
+    params:
+        sources=DETECTOR_SOURCES,
+        device=torch_device(),
+    log:
+        f"{LOGS}/detector_eval/detector_eval.log",
+    benchmark:
+        f"{BENCH}/detector_eval/detector_eval.tsv"
+    threads: 2
+    resources:
+        **gpu_resources("detector"),
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/detector_eval.py"

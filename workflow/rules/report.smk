@@ -30,9 +30,10 @@ REPORT_DESCRIPTION = (
 # QC pictures and metrics of the earlier stages (report() outputs of their own rules).
 QC_TARGETS = [
     f"{RESULTS}/eyepacs/qc_crops.png",
-    f"{RESULTS}/idrid/qc_boxes.png",
+    *(f"{RESULTS}/{source}/qc_boxes.png" for source in DETECTOR_SOURCES),
     f"{RESULTS}/lesions/qc_boxes.png",
     f"{RESULTS}/detector/metrics.json",
+    f"{RESULTS}/detector/metrics_by_source.md",
     f"{RESULTS}/detector/qc_test.png",
     # the index against the generator's boxes: synthetic data only
     *(

@@ -18,7 +18,7 @@ _SYN_SETTINGS = {
             }.items()
         )
     )
-    for name in ("eyepacs", "idrid")
+    for name in ("eyepacs", "idrid", "ddr")
 }
 
 
@@ -71,3 +71,31 @@ rule synthetic_idrid:
         ENV_DATA
     script:
         "../scripts/synthetic_idrid.py"
+
+
+# DDR's lesion part in its layout (ddr.source: synthetic, used when detector.datasets
+# names ddr): lesion_segmentation/ masks and lesion_detection/ VOC files, with DDR's
+# known faults (synthetic.ddr.quirks).
+rule synthetic_ddr:
+    output:
+        root=directory(f"{RESULTS}/synthetic/ddr"),
+        truth=f"{RESULTS}/synthetic/ddr_truth.csv",
+        qc=report(
+            f"{RESULTS}/synthetic/qc_ddr.png",
+            caption="../report/synthetic_ddr.rst",
+            category="Synthetic data",
+        ),
+    params:
+        settings=_SYN_SETTINGS["ddr"],
+    log:
+        f"{LOGS}/synthetic_ddr/synthetic_ddr.log",
+    benchmark:
+        f"{BENCH}/synthetic_ddr/synthetic_ddr.tsv"
+    threads: _SYN["workers"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        ENV_DATA
+    script:
+        "../scripts/synthetic_ddr.py"

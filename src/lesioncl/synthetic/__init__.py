@@ -4,7 +4,9 @@ The demo workflow runs on these instead of the real data sets, through the same
 ingestion code: an EyePACS-like raw set in the Kaggle layout and an IDRiD-like
 "A. Segmentation" set with lesion masks. Both come from one lesion generator, so
 the detector learns on IDRiD-like masks the very lesions that grade the
-EyePACS-like images.
+EyePACS-like images. A DDR-like lesion set (masks and Pascal VOC boxes, in DDR's
+``lesion_segmentation`` / ``lesion_detection`` layout, with its quirks) comes from the
+same generator (:mod:`.ddr_set`).
 
 What an image shows
 -------------------
@@ -52,6 +54,11 @@ only grade these images by finding their lesions: the property the demo's claim
 
 from lesioncl.synthetic.datasets import (
     BAD_KINDS,
+    DDR_DETECTION,
+    DDR_LABEL_FOLDERS,
+    DDR_MASK_TYPES,
+    DDR_SEGMENTATION,
+    DDR_SPLITS,
     IDRID_IMAGES,
     IDRID_MASK_TYPES,
     IDRID_MASKS,
@@ -59,6 +66,14 @@ from lesioncl.synthetic.datasets import (
     IDRID_SETS,
     LESION_COLUMNS,
     TRUTH_COLUMNS,
+)
+from lesioncl.synthetic.ddr_set import (
+    DDR_TRUTH_COLUMNS,
+    DdrSetSettings,
+    ddr_paths,
+    ddr_qc_overlay,
+    ddr_stem,
+    generate_ddr_lesions,
 )
 from lesioncl.synthetic.eyepacs_set import (
     EyepacsRecord,
@@ -84,6 +99,12 @@ from lesioncl.synthetic.render import render_fundus
 
 __all__ = [
     "BAD_KINDS",
+    "DDR_DETECTION",
+    "DDR_LABEL_FOLDERS",
+    "DDR_MASK_TYPES",
+    "DDR_SEGMENTATION",
+    "DDR_SPLITS",
+    "DDR_TRUTH_COLUMNS",
     "IDRID_IMAGES",
     "IDRID_MASK_TYPES",
     "IDRID_MASKS",
@@ -93,13 +114,18 @@ __all__ = [
     "LESION_KINDS",
     "SIZES_AT_512",
     "TRUTH_COLUMNS",
+    "DdrSetSettings",
     "EyepacsRecord",
     "EyepacsSetSettings",
     "Geometry",
     "IdridSetSettings",
     "Lesion",
     "Rendered",
+    "ddr_paths",
+    "ddr_qc_overlay",
+    "ddr_stem",
     "eyepacs_geometry",
+    "generate_ddr_lesions",
     "generate_eyepacs",
     "generate_idrid",
     "icdr_grade",

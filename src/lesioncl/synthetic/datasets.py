@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # Stream keys: np.random.default_rng([seed, DATASET, PURPOSE, image_number]).
 _EYEPACS, _IDRID = 1, 2
+_DDR = 7  # the DDR-like lesion set (3-6: the graded sets, graded_sets._DATASET)
 _PLAN, _LOOK, _COUNTS, _LESIONS, _DAMAGE = 0, 1, 2, 3, 4
 
 EYEPACS_JPEG_QUALITY = 90
@@ -79,6 +80,18 @@ IDRID_MASK_TYPES = {
     "EX": ("3. Hard Exudates", (HARD_EXUDATE,)),
     "SE": ("4. Soft Exudates", (SOFT_EXUDATE,)),
     "OD": ("5. Optic Disc", ()),
+}
+
+# The DDR lesion layout (Li et al. 2019, github nkicsl/DDR-dataset).
+DDR_SEGMENTATION = "lesion_segmentation"
+DDR_DETECTION = "lesion_detection"
+#: our split -> DDR's split folder
+DDR_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+#: our split -> the folder of its masks inside the split folder (a space in valid's)
+DDR_LABEL_FOLDERS = {"train": "label", "val": "segmentation label", "test": "label"}
+#: mask folder -> (VOC class name, lesion kinds drawn into that mask), in DDR's order
+DDR_MASK_TYPES = {
+    code: (code.lower(), IDRID_MASK_TYPES[code][1]) for code in ("EX", "HE", "MA", "SE")
 }
 
 

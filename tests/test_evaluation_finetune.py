@@ -177,3 +177,37 @@ def test_min_steps_per_epoch_trains_that_many_steps(tmp_path):
     assert len(first_pass) == len(second_pass) == 8
     fit = ft.finetune(_model(), train, ytr, val, yva, settings, seed=0)
     assert fit["steps"] == 10 and [r["epoch"] for r in fit["history"]] == [1, 2]
+
+
+def test_the_kept_grader_grades_another_set_as_it_is(tmp_path):
+    """eval_finetune keeps the grader of its largest fraction; external validation grades
+    with it. On the run's own test split it reproduces the run's tuned test metrics."""
+    from lesioncl.evaluation.finetune_job import load_grader, run_finetune_transfer
+
+    cache = _cache(tmp_path)
+    out, model = tmp_path / "ft" / "frac1_seed0.json", tmp_path / "ft" / "frac1_seed0_model.pt"
+    run_finetune(
+        method="random", fraction=1.0, seed=0, arch="resnet18", weights=None,
+        imagenet_weights=None, cache=cache, fractions_csv=tmp_path / "seed0.csv", output=out,
+        history_csv=tmp_path / "h.csv", checkpoint=None, tensorboard_dir=None, settings=SETTINGS,
+        model_output=model,
+    )
+    res = json.loads(out.read_text())
+    assert res["model"] == model.name
+    assert not model.stat().st_mode & 0o222  # read-only, as a protected output
+    grader, record = load_grader(model)  # a plain record: loads with weights_only=True
+    assert record["thresholds"] == res["thresholds_tuned"] and record["arch"] == "resnet18"
+    assert isinstance(grader, Grader)
+    transfer = tmp_path / "transfer.json"
+    got = run_finetune_transfer(method="random", seed=0, source_result=out,
+                                test_cache=cache["test"], output=transfer)
+    assert got["evaluation"] == "transfer_finetune" and got["fraction"] == 1.0
+    for key in ("kappa", "confusion_matrix", "referable_auroc"):
+        assert got["test"][key] == res["test_tuned"].get(key, res["test"][key]), key
+    # a run made before models were kept: a clear error with the fix
+    res.pop("model")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="kept no model .* rerun it"):
+        run_finetune_transfer(method="random", seed=0, source_result=old,
+                              test_cache=cache["test"], output=tmp_path / "t2.json")

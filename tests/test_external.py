@@ -306,3 +306,18 @@ def test_external_table_has_a_transfer_column(tmp_path):
     md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
     block = md.split("Fine-tuning, test kappa:")[1].split("Fine-tuning, AUROC")[0]
     assert "| method | 10% | 100% |\n" in block and "| lesion_cl | – | 0.700 [0.60, 0.80] |" in block
+    # the EyePACS fine-tuned grader graded as it is: the fine-tuning block's own column
+    r = _result("lesion_cl", 1.0, 0, 0.5, 0.8)
+    r["evaluation"] = "transfer_finetune"
+    (tmp_path / "tft.json").write_text(json.dumps(r))
+    table = external_table({"ddr_grading": [*paths, tmp_path / "ft.json", tmp_path / "tft.json"]},
+                           ["lesion_cl"], [0.1, 1.0], 1.0, 1.0)
+    md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
+    block = md.split("Fine-tuning, test kappa:")[1].split("Fine-tuning, AUROC")[0]
+    assert "| method | 10% | 100% | EyePACS fine-tuned, as is |" in block
+    assert "| lesion_cl | – | 0.700 [0.60, 0.80] | 0.500 [0.40, 0.60] |" in block
+    # without fine-tuning within the set, the transfer still gets its block
+    table = external_table({"ddr_grading": [*paths, tmp_path / "tft.json"]}, ["lesion_cl"],
+                           [0.1, 1.0], 1.0, 1.0)
+    md = external_markdown(table, ["lesion_cl"], [0.1, 1.0])
+    assert "| lesion_cl | – | – | 0.500 [0.40, 0.60] |" in md.split("Fine-tuning, test kappa:")[1]

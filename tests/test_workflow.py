@@ -203,6 +203,28 @@ def test_external_evaluation_of_the_demo(demo):
     assert stamp["data"]["external"] == {"aptos2019": "synthetic"}
 
 
+def test_the_eyepacs_finetuned_grader_grades_the_external_set(demo, tmp_path):
+    """With fine-tuning on (the demo leaves it off), eval_finetune keeps the grader of its
+    largest fraction, and external validation grades the external set with it as it is."""
+    work = tmp_path / "ft"
+    shutil.copytree(demo, work, symlinks=True,
+                    ignore=lambda folder, names: [n for n in names if n in ("pretrain", "locks")])
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["evaluation"]["finetune"].update(enabled=True, epochs=1, fractions=[1.0])
+    configfile = tmp_path / "ft.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    target = "results/external/aptos2019/transfer_finetune/random/seed0.json"
+    run_snakemake(work, "--cores", "2", target, configfile=configfile)
+    source = json.loads((work / "results/eval/finetune/random/frac1_seed0.json").read_text())
+    assert source["model"] == "frac1_seed0_model.pt"
+    assert (work / "results/eval/finetune/random/frac1_seed0_model.pt").is_file()
+    result = json.loads((work / target).read_text())
+    assert result["evaluation"] == "transfer_finetune" and result["fraction"] == 1.0
+    n_test = pd.read_csv(work / "results/external/aptos2019/cache/crops_test.csv").shape[0]
+    assert result["test"]["n"] == n_test and -1 <= result["test"]["kappa"] <= 1
+    assert result["thresholds"] == source.get("thresholds_tuned", source["thresholds"])
+
+
 def test_lesion_index_quality_against_the_generator(demo):
     """On synthetic data the index is scored against the generator's true boxes: its
     windows hold a true lesion more often than random windows in the same images, and

@@ -182,6 +182,11 @@ rule eval_finetune:
         # failed jobs); removed by the job after success.
         checkpoint=f"{RESULTS}/eval/checkpoints/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.pt",
         tensorboard=f"{LOGS}/tensorboard/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}",
+        # the fine-tuned grader is kept (read-only) at the largest label fraction: the
+        # external sets are graded with it (external_transfer_finetune)
+        model=lambda wildcards: eval_plan.finetune_model_path(
+            RESULTS, wildcards, FINETUNE_FRACTIONS
+        ),
         device=torch_device(),
     log:
         f"{LOGS}/eval_finetune/{{method}}/frac{{fraction}}_seed{{seed}}.log",

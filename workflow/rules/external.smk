@@ -11,6 +11,7 @@
 #   external_linear      -> linear/{method}/frac{f}_seed{s}.json (use rule eval_linear)
 #   external_finetune    -> finetune/{method}/frac{f}_seed{s}.json (use rule eval_finetune)
 #   external_transfer    EyePACS linear head -> transfer_linear/{method}/seed{s}.json
+#   external_transfer_finetune  EyePACS fine-tuned grader -> transfer_finetune/{method}/seed{s}.json
 #   external_table       -> results/tables/external.csv, external.md
 _EXT = config["external"]
 EXTERNAL_SETS = list(_EXT["sets"])
@@ -55,6 +56,15 @@ for _name in EXTERNAL_SETS:
         method=EVAL_METHODS if EXT_FINETUNE else [],
         fraction=EXT_FRACTIONS,
         seed=EXT_FINETUNE_SEEDS,
+    )
+# ... and the grader fine-tuned on EyePACS at its largest label fraction (kept by
+# eval_finetune), when EyePACS fine-tuning runs.
+FINETUNE_TRANSFER_FRACTION = max(FINETUNE_FRACTIONS, key=float)
+for _name in EXTERNAL_SETS:
+    EXTERNAL_RESULTS[_name] += expand(
+        f"{EXT_DIR}/{_name}/transfer_finetune/{{method}}/seed{{seed}}.json",
+        method=EVAL_METHODS if _EXT["transfer"] and _FT["enabled"] else [],
+        seed=FINETUNE_SEEDS,
     )
 EXTERNAL_TARGETS = (
     [
@@ -273,6 +283,7 @@ use rule eval_finetune as external_finetune with:
         settings=FINETUNE_SETTINGS,
         checkpoint=f"{EXT_DIR}/{{set}}/checkpoints/finetune/{{method}}/frac{{fraction}}_seed{{seed}}.pt",
         tensorboard=f"{LOGS}/tensorboard/external_finetune/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}",
+        model="",  # within a set: no model kept
         device=torch_device(),
     log:
         f"{LOGS}/external_finetune/{{set}}/{{method}}/frac{{fraction}}_seed{{seed}}.log",
@@ -301,6 +312,31 @@ rule external_transfer:
         "../scripts/external_transfer.py"
 
 
+rule external_transfer_finetune:
+    input:
+        eyepacs=f"{RESULTS}/eval/finetune/{{method}}/frac{FINETUNE_TRANSFER_FRACTION}_seed{{seed}}.json",
+        test_npy=f"{EXT_DIR}/{{set}}/cache/crops_test.npy",
+        test_csv=f"{EXT_DIR}/{{set}}/cache/crops_test.csv",
+    output:
+        f"{EXT_DIR}/{{set}}/transfer_finetune/{{method}}/seed{{seed}}.json",
+    wildcard_constraints:
+        method=r"[A-Za-z0-9_]+",
+        seed=r"\d+",
+    params:
+        device=torch_device(),
+    log:
+        f"{LOGS}/external_transfer_finetune/{{set}}/{{method}}/seed{{seed}}.log",
+    threads: max(1, min(_EVAL["workers"], 8))
+    resources:
+        **gpu_resources("evaluation"),
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/external_transfer_finetune.py"
+
+
 rule external_table:
     input:
         **{f"results_{name}": EXTERNAL_RESULTS[name] for name in EXTERNAL_SETS},
@@ -326,6 +362,7 @@ rule external_table:
         methods=EVAL_METHODS,
         fractions=[float(f) for f in _EXT["fractions"]],
         transfer_fraction=float(TRANSFER_FRACTION),
+        finetune_transfer_fraction=float(FINETUNE_TRANSFER_FRACTION),
     log:
         f"{LOGS}/external_table/external_table.log",
     threads: 1

@@ -27,6 +27,7 @@ def main(job):
         ),
         device=job.device(),
         threads=job.threads,
+        model_output=job.params.model or None,
     )
 
 

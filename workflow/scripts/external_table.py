@@ -12,6 +12,7 @@ def main(job):
         methods=job.params.methods,
         fractions=job.params.fractions,
         transfer_fraction=job.params.transfer_fraction,
+        finetune_transfer_fraction=job.params.finetune_transfer_fraction,
         csv_path=job.output.csv,
         md_path=job.output.md,
     )

@@ -4,6 +4,7 @@ fingerprinted, fine-tuned, scored on val and test, and its result JSON and histo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict
@@ -36,7 +37,7 @@ from lesioncl.evaluation.metrics import (
     predict_thresholds,
     tune_thresholds,
 )
-from lesioncl.utils import write_json
+from lesioncl.utils import atomic_path, write_json
 
 log = logging.getLogger("lesioncl.evaluation.finetune")
 
@@ -69,10 +70,15 @@ def run_finetune(
     settings: FinetuneSettings,
     device: str = "cpu",
     threads: int = 1,
+    model_output: str | os.PathLike | None = None,
 ) -> dict:
     """One fine-tuning run (method x fraction x seed) -> metrics JSON and history CSV.
 
     ``cache`` maps ``train``/``val``/``test`` to ``(npy, csv)`` paths of the image cache.
+    ``model_output``: where to keep the fine-tuned grader (its best epoch, with the
+    thresholds it grades with; :func:`save_grader`), named in the result as ``model``;
+    the rule keeps it for the largest label fraction, which external validation grades
+    other sets with (:func:`run_finetune_transfer`).
     """
     torch.set_num_threads(max(1, int(threads)))
     try:
@@ -193,6 +199,18 @@ def run_finetune(
         result["test_tuned"] = classification_metrics(
             y_test, predict_thresholds(test_scores, tuned)
         )
+    if model_output:
+        thresholds = result.get("thresholds_tuned", result["thresholds"])
+        save_grader(
+            model_output,
+            model,
+            arch=arch,
+            thresholds=thresholds,
+            method=method,
+            fraction=float(fraction),
+            seed=int(seed),
+        )
+        result["model"] = Path(model_output).name
     write_history(history_csv, fit["history"])
     write_json(output, result)
     if checkpoint and Path(checkpoint).is_file():
@@ -205,5 +223,107 @@ def run_finetune(
         fit["best_epoch"],
         result["val"]["kappa"],
         result["test"]["kappa"],
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- the grader kept
+def save_grader(
+    path: str | os.PathLike,
+    model: Grader,
+    *,
+    arch: str,
+    thresholds,
+    method: str,
+    fraction: float,
+    seed: int,
+) -> None:
+    """Keep a fine-tuned grader: a plain dict of its state_dict (backbone.*, head.*), its
+    architecture and the thresholds that turn its score into a grade (loads with
+    ``torch.load(weights_only=True)``). Written read-only: it costs a fine-tuning run."""
+    model = getattr(model, "_orig_mod", model)
+    record = {
+        "arch": arch,
+        "thresholds": [float(t) for t in thresholds],
+        "method": method,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    os.chmod(path, 0o444)
+
+
+def load_grader(path: str | os.PathLike) -> tuple[Grader, dict]:
+    """The grader :func:`save_grader` kept, and its record (without the weights)."""
+    from lesioncl.backbones import build_resnet
+
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = build_resnet(record["arch"], "random")  # fc: identity
+    model = Grader(backbone, feature_dim(record["arch"]))
+    model.load_state_dict(record.pop("state_dict"))
+    return model.eval(), record
+
+
+def run_finetune_transfer(
+    *,
+    method: str,
+    seed: int,
+    source_result: str | os.PathLike,
+    test_cache: tuple[str | os.PathLike, str | os.PathLike],
+    output: str | os.PathLike,
+    device: str = "cpu",
+    threads: int = 1,
+) -> dict:
+    """External validation of fine-tuning: the grader fine-tuned on EyePACS
+    (``source_result``, the run at the largest label fraction, which kept it) grades
+    another set's test images (``test_cache``: npy, csv) as it is, with its own
+    thresholds and no training on that set -> metrics JSON (``transfer_finetune``)."""
+    torch.set_num_threads(max(1, int(threads)))
+    source = json.loads(Path(source_result).read_text())
+    fraction = float(source.get("fraction", 1.0))
+    if source.get("skipped"):
+        result = skipped_result(
+            method, "transfer_finetune", fraction, seed, source.get("skip_reason", "skipped")
+        )
+        write_json(output, result)
+        return result
+    if "model" not in source:
+        raise ValueError(
+            f"{source_result}: this fine-tuning run kept no model (it was made by an earlier "
+            "version). Fix: move the result away (it is write-protected) and rerun it, or "
+            "set external.transfer: false"
+        )
+    model_path = Path(source_result).with_name(source["model"])
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"{model_path}: the fine-tuned model {source_result} names is missing. Fix: move "
+            "the result away (it is write-protected) and rerun its fine-tuning"
+        )
+    model, record = load_grader(model_path)
+    settings = FinetuneSettings(**{**source["settings"], "workers": 0})
+    images, rows = load_crop_cache(*test_cache)
+    scores = grade_scores(model.to(device), images, settings, device, desc="transfer test")
+    levels = rows["level"].to_numpy()
+    thresholds = np.asarray(record["thresholds"], dtype=np.float64)
+    result = {
+        "method": method,
+        "evaluation": "transfer_finetune",
+        "fraction": fraction,
+        "seed": int(seed),
+        "skipped": False,
+        "source": str(source_result),
+        "thresholds": record["thresholds"],
+        "test": classification_metrics(levels, predict_thresholds(scores, thresholds), scores),
+    }
+    write_json(output, result)
+    log.info(
+        "transfer of the fine-tuned %s seed %d (%s): test kappa %.4f, AUROC %s",
+        method,
+        seed,
+        model_path.name,
+        result["test"]["kappa"],
+        result["test"].get("referable_auroc"),
     )
     return result

@@ -86,6 +86,17 @@ def finetune_fractions(evaluation: Mapping) -> list[str]:
     return tags
 
 
+def finetune_model_path(results: str, wildcards, fractions: Sequence[str]) -> str:
+    """Where a fine-tuning run keeps its grader: beside its result, for the largest
+    fine-tuned fraction only ("" for the others: nothing kept)."""
+    if float(wildcards.fraction) != max(float(f) for f in fractions):
+        return ""
+    return (
+        f"{results}/eval/finetune/{wildcards.method}/"
+        f"frac{wildcards.fraction}_seed{wildcards.seed}_model.pt"
+    )
+
+
 def pretrained(names: Sequence[str]) -> list[str]:
     """The methods trained by the pretraining stage (lesion_cl*, simclr_<size>)."""
     return [m for m in names if m in LESION_METHODS or _SIMCLR.fullmatch(m)]

@@ -1,11 +1,12 @@
 """The external-evaluation table: per graded set, test kappa and referable-DR AUROC of
 every method at every label fraction (rule external_table).
 
-The runs are the linear evaluations of each set (the EyePACS recipe on the set's own
-splits, evaluation ``linear``) and the EyePACS linear head graded on the set's test
-split as it is (evaluation ``transfer_linear``: external validation, no training on the
-set); :func:`lesioncl.report.tables.kappa_table` aggregates them over seeds as it does
-for EyePACS, one block of rows per set (column ``set``).
+The runs are the linear evaluations and fine-tuning of each set (the EyePACS recipes on
+the set's own splits, evaluations ``linear`` and ``finetune``), the EyePACS linear head
+and the EyePACS fine-tuned grader each graded on the set's test split as they are
+(evaluations ``transfer_linear`` and ``transfer_finetune``: external validation, no
+training on the set); :func:`lesioncl.report.tables.kappa_table` aggregates them over
+seeds as it does for EyePACS, one block of rows per set (column ``set``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ SET_TITLES = {
 }
 
 
-EVALUATIONS = ("linear", "finetune", "transfer_linear")
+EVALUATIONS = ("linear", "finetune", "transfer_linear", "transfer_finetune")
+#: evaluation -> its external-validation counterpart and that column's title
+TRANSFERS = {
+    "linear": ("transfer_linear", "EyePACS head, as is"),
+    "finetune": ("transfer_finetune", "EyePACS fine-tuned, as is"),
+}
 
 
 def external_table(
@@ -45,20 +51,25 @@ def external_table(
     methods: Sequence[str],
     fractions: Sequence[float],
     transfer_fraction: float = 1.0,
+    finetune_transfer_fraction: float = 1.0,
 ) -> pd.DataFrame:
     """One row per set x evaluation x method x fraction, aggregated over seeds (the
-    transfer rows at the EyePACS fraction its head was trained on)."""
+    transfer rows at the EyePACS fraction its head or grader was trained on)."""
     parts = []
     fractions_of = {
         "linear": list(fractions),
         "finetune": list(fractions),
         "transfer_linear": [transfer_fraction],
+        "transfer_finetune": [finetune_transfer_fraction],
     }
     for name, paths in results_of.items():
         results, _ = load_results(paths)
         present = set(results["evaluation"]) if len(results) else set()
         evaluations = [e for e in EVALUATIONS if e == "linear" or e in present]
-        every = sorted({float(f) for f in fractions} | {float(transfer_fraction)})
+        every = sorted(
+            {float(f) for f in fractions}
+            | {float(transfer_fraction), float(finetune_transfer_fraction)}
+        )
         table = kappa_table(results, methods, every, evaluations, fractions_of)
         parts.append(table.assign(set=name))
     if not parts:
@@ -95,7 +106,9 @@ def external_markdown(
         "than one ran, in brackets the 95 % bootstrap interval over the test images. "
         "'EyePACS head, as is': the head of the EyePACS linear evaluation (trained on "
         "EyePACS labels only) grades the set's test split without any training on the set "
-        "(external validation). The images and their rejects: "
+        "(external validation); 'EyePACS fine-tuned, as is': likewise the grader "
+        "fine-tuned on EyePACS at its largest label fraction, with its own thresholds. "
+        "The images and their rejects: "
         "results/external/<set>/summary.json and rejects.csv.",
         "",
         *(f"- `{m}`: {method_note(m)}" for m in methods),
@@ -105,14 +118,14 @@ def external_markdown(
         lines += ["", f"## {SET_TITLES.get(name, name)} (`{name}`)", ""]
         if summaries and name in summaries:
             lines += [_set_line(summaries[name]) + ".", ""]
-        transfer = sub[sub["evaluation"] == "transfer_linear"]
         for evaluation, label in (("linear", "linear evaluation"), ("finetune", "fine-tuning")):
             block = sub[sub["evaluation"] == evaluation]
-            if evaluation != "linear" and not len(block):
+            transfer = sub[sub["evaluation"] == TRANSFERS[evaluation][0]]
+            if evaluation != "linear" and not len(block) and not len(transfer):
                 continue
-            extra = len(transfer) and evaluation == "linear"  # the transfer column
+            extra = len(transfer) > 0  # the external-validation column
             columns = [fraction_label(f) for f in fractions]
-            columns += ["EyePACS head, as is"] if extra else []
+            columns += [TRANSFERS[evaluation][1]] if extra else []
             header = "| method | " + " | ".join(columns) + " |"
             rule = "|---|" + "---:|" * len(columns)
             for key, title in (
@@ -137,9 +150,12 @@ def build_external_table(
     csv_path: str | os.PathLike,
     md_path: str | os.PathLike,
     transfer_fraction: float = 1.0,
+    finetune_transfer_fraction: float = 1.0,
 ) -> pd.DataFrame:
     """Rule external_table: every external run JSON -> external.csv and external.md."""
-    table = external_table(results_of, methods, fractions, transfer_fraction)
+    table = external_table(
+        results_of, methods, fractions, transfer_fraction, finetune_transfer_fraction
+    )
     loaded = {name: json.loads(open(path).read()) for name, path in summaries.items()}
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,6 +1,6 @@
-"""The detector trained on IDRiD and DDR together through the workflow: both synthetic
-sets in their real layouts (DDR's VOC files, with its duplicated objects), joined, a
-tiny detector trained and measured on each source's own splits."""
+"""The detector trained on DDR, alone or with IDRiD, through the workflow: the synthetic
+sets in their real layouts (DDR's masks, or its VOC files with their duplicated
+objects), joined, a tiny detector trained and measured on each source's own splits."""
 
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from conftest import REPO, run_snakemake
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
-def test_detector_on_idrid_and_ddr(tmp_path):
+@pytest.mark.parametrize("datasets,annotations", [(["ddr", "idrid"], "voc"), (["ddr"], "masks")])
+def test_detector_on_ddr(tmp_path, datasets, annotations):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["synthetic"].update(
         workers=1,
         idrid={"n_train": 6, "n_test": 3, "height": 200},
         ddr={"n_train": 6, "n_val": 3, "n_test": 3, "height": 200},
     )
-    config["ddr"].update(annotations="voc", max_size=256)
+    config["ddr"].update(annotations=annotations, max_size=256)
     config["idrid"].update(max_size=256)
-    config["detector"].update(datasets=["ddr", "idrid"], epochs=1, img_scale=[256, 192],
+    config["detector"].update(datasets=datasets, epochs=1, img_scale=[256, 192],
                               train_crop=128, lr_steps=[], warmup_iters=1, val_interval=1)
     path = tmp_path / "ddr.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -35,21 +36,32 @@ def test_detector_on_idrid_and_ddr(tmp_path):
     merged = {s: json.loads((res / f"detector/data/coco_{s}.json").read_text())
               for s in ("train", "test")}
     ddr = json.loads((res / "ddr/summary.json").read_text())
-    assert ddr["annotations"] == "voc" and ddr["splits"]["train"]["duplicate_objects_removed"] > 0
+    assert ddr["annotations"] == annotations
+    if annotations == "voc":  # the duplicated objects removed; the blank-mask image kept
+        assert ddr["splits"]["train"]["duplicate_objects_removed"] > 0
+        assert ddr["splits"]["train"]["rejected"] == {}
+    else:  # the image with all-black masks left out, and listed
+        assert ddr["splits"]["train"]["rejected"] == {"no_lesion": 1}
+        assert (res / "ddr/rejects.csv").read_text().count("no_lesion") == 1
+    idrid = ["idrid"] * 6 if "idrid" in datasets else []
     sources = [im["source"] for im in merged["train"]["images"]]
-    assert sources == ["idrid"] * 6 + ["ddr"] * ddr["splits"]["train"]["images"]
-    assert [im["source"] for im in merged["test"]["images"]] == ["idrid"] * 3 + ["ddr"] * 3
+    assert sources == idrid + ["ddr"] * ddr["splits"]["train"]["images"]
+    assert [im["source"] for im in merged["test"]["images"]] == idrid[:3] + ["ddr"] * 3
     metrics = json.loads((res / "detector/metrics.json").read_text())
     assert metrics["train_images"] == len(merged["train"]["images"])
-    assert metrics["test_images"] == 6
+    assert metrics["test_images"] == len(merged["test"]["images"])
     by_source = json.loads((res / "detector/metrics_by_source.json").read_text())
-    assert by_source["datasets"] == ["idrid", "ddr"]
+    ordered = [s for s in ("idrid", "ddr") if s in datasets]
+    assert by_source["datasets"] == ordered
+    expected = {"idrid": ["test"], "ddr": ["test", "val"]}
     assert {s: sorted(v) for s, v in by_source["sources"].items()} == {
-        "idrid": ["test"], "ddr": ["test", "val"],
+        s: expected[s] for s in ordered
     }
     assert by_source["sources"]["ddr"]["val"]["test_images"] == 3
     md = (res / "detector/metrics_by_source.md").read_text()
-    assert md.startswith("Detector trained on: IDRiD, DDR") and md.count("| DDR |") == 2
+    label = "IDRiD, DDR" if "idrid" in datasets else "DDR"
+    assert md.startswith(f"Detector trained on: {label}") and md.count("| DDR |") == 2
+    assert (res / "idrid/qc_boxes.png").exists() == ("idrid" in datasets)
     stamp = json.loads((res / "provenance.json").read_text())
     assert stamp["data"]["ddr"] == {"source": "synthetic"}
     for rule in ("synthetic_ddr", "ddr_coco", "detector_data", "detector_eval"):

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -76,11 +75,9 @@ from lesioncl.synthetic.datasets import (
     _truth_row,
     _write_csv,
 )
-from lesioncl.synthetic.eyepacs_set import _label
 from lesioncl.synthetic.geometry import eyepacs_geometry
 from lesioncl.synthetic.grading import DEFAULT_IDRID_GRADES, check_grade_distribution
-from lesioncl.synthetic.idrid_set import _OVERLAY_COLOURS
-from lesioncl.utils import atomic_path
+from lesioncl.synthetic.idrid_set import mask_overlay_grid
 
 log = logging.getLogger(__name__)
 
@@ -326,27 +323,7 @@ def ddr_qc_overlay(
     tiles = []
     for row in rows:
         image_path, mask_paths, _ = ddr_paths(root, row["split"], row["image"])
-        with Image.open(image_path) as im:
-            image = np.asarray(im.convert("RGB"))
-        overlay = image.copy()
-        for code, path in mask_paths.items():
-            with Image.open(path) as m:
-                mask = (np.asarray(m) > 0).astype(np.uint8)
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(
-                overlay, contours, -1, _OVERLAY_COLOURS[code], max(1, image.shape[0] // 400)
-            )
-        pair = np.concatenate([image, overlay], axis=1)
-        scale = tile_h / pair.shape[0]
-        pair = cv2.resize(
-            pair, (round(pair.shape[1] * scale), tile_h), interpolation=cv2.INTER_AREA
-        )
         quirk = f"  ({row['quirk']})" if row.get("quirk") else ""
-        _label(pair, f"{row['image']} grade {row['level']}  masks: {row['masks']}{quirk}")
-        tiles.append(pair)
-    width = max(t.shape[1] for t in tiles)
-    grid = np.concatenate(
-        [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles], axis=0
-    )
-    with atomic_path(png) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+        label = f"{row['image']} grade {row['level']}  masks: {row['masks']}{quirk}"
+        tiles.append((image_path, mask_paths, label))
+    mask_overlay_grid(tiles, png, tile_h)

@@ -200,6 +200,18 @@ def idrid_qc_overlay(
     for row in rows:
         number = int(row["image"].split("_")[1])
         image_path, mask_paths = idrid_paths(root, row["split"], number)
+        label = f"{row['image']} grade {row['level']}  masks: {row['masks']}"
+        tiles.append((image_path, mask_paths, label))
+    mask_overlay_grid(tiles, png, tile_h)
+
+
+def mask_overlay_grid(
+    tiles: Sequence[tuple[Path, dict[str, Path], str]], png: str | os.PathLike, tile_h: int = 360
+) -> None:
+    """One row per (image, {mask code: mask file}, label): the image beside itself with the
+    outlines of the masks that exist (:data:`_OVERLAY_COLOURS`), ``tile_h`` px high."""
+    rows = []
+    for image_path, mask_paths, label in tiles:
         with Image.open(image_path) as im:
             image = np.asarray(im.convert("RGB"))
         overlay = image.copy()
@@ -216,11 +228,11 @@ def idrid_qc_overlay(
         pair = cv2.resize(
             pair, (round(pair.shape[1] * scale), tile_h), interpolation=cv2.INTER_AREA
         )
-        _label(pair, f"{row['image']} grade {row['level']}  masks: {row['masks']}")
-        tiles.append(pair)
-    width = max(t.shape[1] for t in tiles)
+        _label(pair, label)
+        rows.append(pair)
+    width = max(t.shape[1] for t in rows)
     grid = np.concatenate(
-        [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles], axis=0
+        [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in rows], axis=0
     )
     with atomic_path(png) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")

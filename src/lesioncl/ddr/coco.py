@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,19 @@ def _mask_boxes(item: DdrImage, width: int, height: int, threshold: float, count
     return out
 
 
-def _process(item: DdrImage, image_id: int, out_dir: Path, s: DdrCocoSettings) -> _Result:
+def _write_resized(src: Path, dest: Path, width: int, height: int) -> None:
+    """The image at ``width`` x ``height`` as a JPEG (q95, 4:4:4), as for IDRiD."""
     from PIL import Image
+
+    with Image.open(src) as img:
+        img.draft("RGB", (width, height))  # fast JPEG DCT downscale, still >= target
+        img = img.convert("RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.LANCZOS)
+        img.save(dest, format="JPEG", quality=95, subsampling=0)
+
+
+def _process(item: DdrImage, image_id: int, out_dir: Path, s: DdrCocoSettings) -> _Result:
 
     counts = dict.fromkeys(
         ("missing_masks", "empty_masks", "zero_one_masks", "duplicates", "clipped", "degenerate"),
@@ -130,13 +142,10 @@ def _process(item: DdrImage, image_id: int, out_dir: Path, s: DdrCocoSettings) -
     new_w, new_h = output_size(width, height, s.max_size)
     sx, sy = new_w / width, new_h / height
     dest = out_dir / f"{item.stem}.jpg"
-    with Image.open(item.image) as img:
-        if (new_w, new_h) != (width, height):
-            img.draft("RGB", (new_w, new_h))  # fast JPEG DCT downscale, still >= target
-        img = img.convert("RGB")
-        if img.size != (new_w, new_h):
-            img = img.resize((new_w, new_h), Image.Resampling.LANCZOS)
-        img.save(dest, format="JPEG", quality=95, subsampling=0)
+    if (new_w, new_h) == (width, height) and item.image.suffix.lower() in (".jpg", ".jpeg"):
+        shutil.copyfile(item.image, dest)  # full size: the JPEG as released
+    else:
+        _write_resized(item.image, dest, new_w, new_h)
     scaled, grown = scale_boxes(boxes, sx, sy, new_w, new_h, s.min_box_size)
     counts["grown"] = grown
     annotations = [

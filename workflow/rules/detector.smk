@@ -39,7 +39,7 @@ rule detector_data:
         mem_mb=2000,
         runtime=20,
     conda:
-        ENV_DATA
+        ENV_TORCH  # lesioncl.detector imports torch and mmdet
     script:
         "../scripts/detector_data.py"
 

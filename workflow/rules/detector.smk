@@ -4,13 +4,13 @@
 # sources (results/detector/data/), publishes a plain state_dict + the mmdet config, and
 # evaluates the published model on the test set(s) (COCO bbox metrics), then on each
 # source's own splits (detector_eval).
-from lesioncl.detector.sources import check_datasets, source_files
-
 #
 # Resume: mmengine trains in results/detector/checkpoints/ and saves its state there
 # after every epoch. It is not a declared output on purpose (Snakemake deletes the
 # outputs of a failed job); a rerun after a time limit continues from the last epoch
 # when the settings and data are unchanged, and the job removes it after success.
+from lesioncl.detector.sources import check_datasets, source_files
+
 
 _DET = config["detector"]
 DETECTOR_SOURCES = check_datasets(_DET["datasets"])

@@ -30,6 +30,7 @@ from lesioncl.idrid.boxes import (
     scale_boxes,
 )
 from lesioncl.idrid.coco import _size_stats
+from lesioncl.idrid.layout import _image_size as image_size
 from lesioncl.idrid.qc import draw_qc
 from lesioncl.idrid.sources import CATEGORIES
 from lesioncl.utils import atomic_path, write_json
@@ -59,13 +60,6 @@ class _Result:
     annotations: list[dict]
     reject: dict | None = None
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.size
 
 
 def _mask_boxes(item: DdrImage, width: int, height: int, threshold: float, counts: dict):
@@ -104,19 +98,18 @@ def _write_resized(src: Path, dest: Path, width: int, height: int) -> None:
 
 
 def _process(item: DdrImage, image_id: int, out_dir: Path, s: DdrCocoSettings) -> _Result:
-
     counts = dict.fromkeys(
         ("missing_masks", "empty_masks", "zero_one_masks", "duplicates", "clipped", "degenerate"),
         0,
     )
     try:
-        width, height = _image_size(item.image)
+        with open(item.image, "rb") as fh:
+            width, height = image_size(fh)
     except Exception as exc:  # noqa: BLE001 - any decoder error: a counted reject
         reject = {"reason": "unreadable", "detail": f"{item.image}: {exc}"}
         return _Result({}, [], reject, counts)
     if s.annotations == "masks":
         found = _mask_boxes(item, width, height, s.mask_threshold, counts)
-        boxes = np.array([b[1:5] for b in found], dtype=np.float64).reshape(-1, 4)
         areas = [float(b[5]) for b in found]
         empty_detail = "every lesion mask is empty (DDR's known all-black masks)"
     else:
@@ -133,11 +126,11 @@ def _process(item: DdrImage, image_id: int, out_dir: Path, s: DdrCocoSettings) -
                 height,
             )
         found = voc.boxes
-        boxes = np.array([b[1:5] for b in found], dtype=np.float64).reshape(-1, 4)
         areas = [float(w * h) for *_, w, h in found]
         empty_detail = f"{item.xml.name} lists no lesion"
     if not found:
         return _Result({}, [], {"reason": "no_lesion", "detail": empty_detail}, counts)
+    boxes = np.array([b[1:5] for b in found], dtype=np.float64).reshape(-1, 4)
 
     new_w, new_h = output_size(width, height, s.max_size)
     sx, sy = new_w / width, new_h / height

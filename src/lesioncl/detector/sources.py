@@ -145,10 +145,8 @@ def evaluate_sources(
 
 def sources_markdown(metrics: Mapping[str, Any], datasets: Sequence[str]) -> str:
     """The per-source table: mAP, mAP@0.5 and AP@0.5 per class on each split."""
-    classes: list[str] = []
-    for by_split in metrics.values():
-        for m in by_split.values():
-            classes = classes or list(m["per_class"])
+    first = next((m for by_split in metrics.values() for m in by_split.values()), None)
+    classes = list(first["per_class"]) if first else []
 
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"

@@ -91,19 +91,23 @@ SETTINGS_SOURCES = {
         **{k: f"synthetic.eyepacs.{k}" for k in ("n_train", "n_test", "min_height", "max_height", "bad_files",
                                                  "grade_distribution", "public_fraction")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+        "small_vessels": "synthetic.small_vessels",
     },
     "lesioncl.synthetic:IdridSetSettings": {
         **{k: f"synthetic.idrid.{k}" for k in ("n_train", "n_test", "height", "grade_distribution")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+        "small_vessels": "synthetic.small_vessels",
     },
     "lesioncl.synthetic:DdrSetSettings": {
         **{k: f"synthetic.ddr.{k}" for k in ("n_train", "n_val", "n_test", "height", "grade_distribution",
                                              "quirks")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+        "small_vessels": "synthetic.small_vessels",
     },
     "lesioncl.synthetic.graded_sets:GradedSetSettings": {
         **{k: f"synthetic.external.{k}" for k in ("n_images", "height", "grade_distribution", "quirks")},
         "seed": "seed", "texture": "synthetic.texture", "lesion_scale": "synthetic.lesion_scale",
+        "small_vessels": "synthetic.small_vessels",
     },
     "lesioncl.external.split:SplitSettings": {
         k: f"external.split.{k}" for k in ("val_fraction", "test_fraction", "seed")
@@ -228,12 +232,16 @@ print("PARAMS=" + json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "eyepacs.yaml"])
-def test_rules_fill_their_settings_dataclass(name, tmp_path):
+@pytest.mark.parametrize("name,vessels", [("config.yaml", 0), ("eyepacs.yaml", 0), ("config.yaml", 60)])
+def test_rules_fill_their_settings_dataclass(name, vessels, tmp_path):
     """Each rule's settings entry has exactly its dataclass's keys (job.settings would
-    stop the job on an unknown key; a missing one would silently take the default)."""
+    stop the job on an unknown key; a missing one would silently take the default).
+    synthetic.small_vessels is left out while it is 0 (its default), so that the images
+    of earlier releases keep their params."""
     synthetic = {"eyepacs": {"source": "synthetic"}, "idrid": {"source": "synthetic"},
                  "ddr": {"source": "synthetic"}}  # no data here
+    if vessels:
+        synthetic["synthetic"] = {"small_vessels": vessels}
     proc = subprocess.run(
         [sys.executable, "-c", _RULE_PARAMS, str(REPO / "config" / name), str(REPO / "Snakefile"),
          json.dumps({rule: key for rule, (_, key) in RULE_SETTINGS.items()}), json.dumps(synthetic),
@@ -248,4 +256,7 @@ def test_rules_fill_their_settings_dataclass(name, tmp_path):
         module, cls = path.split(":")
         fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
         operational = {"channels_last", "workers"} if rule.endswith("_finetune") else set()
+        if "small_vessels" in fields:
+            assert params[rule].get("small_vessels", 0) == vessels, rule
+            operational |= set() if vessels else {"small_vessels"}
         assert set(params[rule]) == fields - operational, rule

@@ -308,6 +308,48 @@ def test_only_lesions_differ_between_grades():
     assert not np.array_equal(plain.image[lesions], sick.image[lesions])
 
 
+def test_small_vessels_only_add_dark_vessels():
+    """synthetic.small_vessels draws thin vessels into the whole field of view and leaves the
+    rest of the image (look, lesions, noise) as it is, whatever the grade."""
+    g = eyepacs_geometry(np.random.default_rng(5), 400, 400, "left")
+    counts = sample_lesion_counts(3, np.random.default_rng(0))
+    draw = lambda n: render_fundus(  # noqa: E731
+        g, counts, np.random.default_rng(9), np.random.default_rng(10), small_vessels=n
+    )
+    plain, veined = draw(0), draw(80)
+    assert [(l.kind, l.bbox) for l in plain.lesions] == [(l.kind, l.bbox) for l in veined.lesions]
+    changed = np.abs(plain.image.astype(int) - veined.image.astype(int)).max(axis=-1) > 2
+    fov = plain.image.max(axis=-1) > 20
+    assert 0.02 < changed[fov].mean() < 0.3  # thin vessels, spread over the retina
+    # they darken (the red lesions' and vessels' colour), never brighten
+    assert (veined.image.astype(int) <= plain.image.astype(int) + 1).all()
+    # spread: every quadrant of the field of view gains vessel pixels
+    h, w = changed.shape
+    quads = [changed[: h // 2, : w // 2], changed[: h // 2, w // 2 :],
+             changed[h // 2 :, : w // 2], changed[h // 2 :, w // 2 :]]
+    assert all(q.mean() > 0.005 for q in quads)
+    # the same image number as grade 0: identical off the lesions, small vessels included
+    healthy = render_fundus(g, sample_lesion_counts(0, np.random.default_rng(0)),
+                            np.random.default_rng(9), np.random.default_rng(10), small_vessels=80)
+    lesions = veined.lesion_mask(*LESION_KINDS)
+    assert np.array_equal(healthy.image[~lesions], veined.image[~lesions])
+
+
+def test_small_vessels_setting_reaches_every_set(tmp_path):
+    """The EyePACS-like set drawn with small vessels differs from the plain one; the same
+    setting gives the same bytes."""
+    base = dict(n_train=2, n_test=2, min_height=160, max_height=160, bad_files=False)
+    paths = {}
+    for name, n in (("plain", 0), ("veined", 60), ("again", 60)):
+        out = tmp_path / name
+        generate_eyepacs(out / "raw", out / "truth.csv",
+                         settings=EyepacsSetSettings(**base, small_vessels=n))
+        paths[name] = sorted((out / "raw/train").glob("*.jpeg"))
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert [digest(p) for p in paths["veined"]] == [digest(p) for p in paths["again"]]
+    assert all(digest(a) != digest(b) for a, b in zip(paths["plain"], paths["veined"]))
+
+
 # --------------------------------------------------------------------------- IDRiD
 
 

@@ -270,6 +270,8 @@ def test_deterministic(quirky, tmp_path):
         (dict(grade_distribution=[1, 1]), "ddr.grade_distribution"),
         (dict(grade_distribution=[0, 0, 0, 0, 0]), "ddr.grade_distribution"),
         (dict(lesion_scale=0), "synthetic.lesion_scale"),
+        (dict(small_vessels=-1), "synthetic.small_vessels"),
+        (dict(small_vessels=2.5), "synthetic.small_vessels"),
         (dict(quirks="yes"), "synthetic.ddr.quirks"),
         (dict(texture=1), "synthetic.texture"),
         (dict(seed=1.5), "seed"),

@@ -14,6 +14,8 @@ _SYN_SETTINGS = {
                 "seed": config["seed"],
                 "texture": _SYN["texture"],
                 "lesion_scale": _SYN["lesion_scale"],
+                # only when drawn: the images of earlier releases keep their params
+                **({"small_vessels": _SYN["small_vessels"]} if _SYN["small_vessels"] else {}),
                 **_SYN[name],
             }.items()
         )

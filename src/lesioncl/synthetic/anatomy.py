@@ -33,8 +33,17 @@ def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
     return noise
 
 
-def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Branching vessel trees from the disc: the four arcades, veins and arteries."""
+def _draw_vessels(
+    rng: np.random.Generator, g: Geometry, small_vessels: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Branching vessel trees from the disc: the four arcades, veins and arteries.
+
+    ``small_vessels``: as many thin, tortuous branches grown from the trees into the
+    whole field of view (:func:`_grow_small_vessels`), so that most windows of the retina
+    hold some vessel as in a real photograph; 0: the arcades alone. Their draws come from
+    a stream spawned from ``rng`` without advancing it, so the rest of an image's look is
+    the same either way.
+    """
     s = g.scale
     canvases = (np.zeros((g.height, g.width), np.uint8), np.zeros((g.height, g.width), np.uint8))
     temporal = 1.0 if g.macula_x >= g.disc_x else -1.0
@@ -97,8 +106,74 @@ def _draw_vessels(rng: np.random.Generator, g: Geometry) -> tuple[np.ndarray, np
                         )
                     )
                     width *= 0.92
+    if small_vessels > 0:
+        spawned = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+        _grow_small_vessels(spawned, g, canvases, small_vessels)
     sigma = 0.35 + 0.25 * s
     return tuple(cv2.GaussianBlur(c, (0, 0), sigma).astype(np.float32) / 255.0 for c in canvases)
+
+
+def _grow_small_vessels(
+    rng: np.random.Generator, g: Geometry, canvases: tuple[np.ndarray, ...], n: int
+) -> None:
+    """Grow ``n`` thin branches (1-1.8 px wide at a 512-px field of view) from the vessel
+    trees drawn on ``canvases`` (8x sub-pixel coordinates) towards points drawn uniformly in
+    the field of view outside the fovea: each starts at the tree pixel nearest its target,
+    wanders towards it and may fork once."""
+    s = g.scale
+    step = max(1.5, 2.5 * s)
+    fovea = 0.09 * g.radius
+    for kind, tree_canvas in enumerate(canvases):
+        ys, xs = np.nonzero(tree_canvas[::4, ::4])
+        if len(xs) == 0:
+            continue
+        canvas = np.zeros_like(tree_canvas)  # joined by maximum: a crossing never lightens
+        pick = rng.choice(len(xs), size=min(len(xs), 4000), replace=False)
+        tree = np.stack([xs[pick], ys[pick]], axis=1).astype(np.float32) * 4
+        count = n // 2 + (n % 2 if kind == 0 else 0)
+        for _ in range(count):
+            while True:  # a target in the field of view, away from the fovea
+                a = rng.uniform(0, 2 * math.pi)
+                rad = g.radius * 0.97 * math.sqrt(rng.uniform(0, 1))
+                tx, ty = g.cx + rad * math.cos(a), g.cy + rad * math.sin(a)
+                if math.hypot(tx - g.macula_x, ty - g.macula_y) > fovea:
+                    break
+            d = (tree[:, 0] - tx) ** 2 + (tree[:, 1] - ty) ** 2
+            x, y = (float(v) for v in tree[int(np.argmin(d))])
+            width = rng.uniform(1.0, 1.8) * s
+            forked = False
+            branches = [(x, y, width, tx, ty)]
+            while branches:
+                x, y, width, tx, ty = branches.pop()
+                theta = math.atan2(ty - y, tx - x) + rng.normal(0, 0.5)
+                for _ in range(int(80 * s / step) + 1):
+                    dist = math.hypot(tx - x, ty - y)
+                    if dist < 4 * step or width < 0.4:
+                        break
+                    pull = math.atan2(ty - y, tx - x) - theta
+                    pull = math.atan2(math.sin(pull), math.cos(pull))
+                    theta += 0.2 * pull + rng.normal(0, 0.1)
+                    nx, ny = x + step * math.cos(theta), y + step * math.sin(theta)
+                    if math.hypot(nx - g.cx, ny - g.cy) > 0.99 * g.radius:
+                        break
+                    cv2.line(
+                        canvas,
+                        (round(x * 8), round(y * 8)),
+                        (round(nx * 8), round(ny * 8)),
+                        int(255 * min(1.0, width)),
+                        max(1, round(width)),
+                        cv2.LINE_AA,
+                        3,
+                    )
+                    x, y = nx, ny
+                    width *= 0.985
+                    if not forked and rng.random() < 0.04:
+                        forked = True
+                        a = rng.uniform(0, 2 * math.pi)
+                        far = rng.uniform(0.15, 0.35) * g.radius
+                        fx, fy = x + far * math.cos(a), y + far * math.sin(a)
+                        branches.append((x, y, width * 0.8, fx, fy))
+        np.maximum(tree_canvas, canvas, out=tree_canvas)
 
 
 def _paint_disc(rng: np.random.Generator, g: Geometry, albedo: np.ndarray) -> np.ndarray:

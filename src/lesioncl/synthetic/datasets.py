@@ -147,6 +147,7 @@ def _draw(
     rich: bool,
     texture: bool = True,
     lesion_scale: float = 1.0,
+    small_vessels: int = 0,
 ) -> Rendered:
     """One image: the look from its own stream, the lesions from the grade's."""
     look = _rng(seed, dataset, _LOOK, number)
@@ -160,6 +161,7 @@ def _draw(
         spread_haemorrhages=haemorrhage_spread_needed(grade),
         texture=texture,
         lesion_scale=lesion_scale,
+        small_vessels=small_vessels,
     )
     drawn = icdr_grade(rendered.counts(), rendered.haemorrhage_quadrants())
     if drawn != grade:  # the sampler and the placement guarantee it; a bug otherwise

@@ -120,7 +120,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def _ddr_job(args) -> tuple[dict, list[tuple[str, int, int, int, int]]]:
-    number, split, grade, seed, height, folder, texture, lesion_scale = args
+    number, split, grade, seed, height, folder, texture, lesion_scale, small_vessels = args
     eye, hospital, frame_h = _plan_image(seed, number, height)
     rendered = _draw(
         seed,
@@ -131,6 +131,7 @@ def _ddr_job(args) -> tuple[dict, list[tuple[str, int, int, int, int]]]:
         rich=True,
         texture=texture,
         lesion_scale=lesion_scale,
+        small_vessels=small_vessels,
     )
     stem = ddr_stem(hospital, number)
     image_path, mask_paths, _ = ddr_paths(folder, split, stem)
@@ -189,6 +190,7 @@ class DdrSetSettings:
     quirks: bool = True  # DDR's known quirks (module docstring)
     texture: bool = True  # fine per-image fundus texture
     lesion_scale: float = 1.0  # every lesion's size relative to the field of view
+    small_vessels: int = 0  # thin vessel branches grown into the whole field of view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -208,6 +210,9 @@ class DdrSetSettings:
             raise ValueError(f"config: synthetic.lesion_scale must be a number, got {scale!r}")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"config: synthetic.lesion_scale must be > 0, got {scale!r}")
+        vessels = self.small_vessels
+        if not _is_int(vessels) or vessels < 0:
+            raise ValueError(f"config: synthetic.small_vessels must be >= 0, got {vessels!r}")
         for key in ("quirks", "texture"):
             if not isinstance(getattr(self, key), bool):
                 name = "synthetic.ddr.quirks" if key == "quirks" else "synthetic.texture"
@@ -270,7 +275,17 @@ def generate_ddr_lesions(
             for path in (image, *masks.values(), xml):
                 path.parent.mkdir(parents=True, exist_ok=True)
         jobs = [
-            (i + 1, splits[i], g, s.seed, s.height, str(tmp), s.texture, s.lesion_scale)
+            (
+                i + 1,
+                splits[i],
+                g,
+                s.seed,
+                s.height,
+                str(tmp),
+                s.texture,
+                s.lesion_scale,
+                s.small_vessels,
+            )
             for i, g in enumerate(grades)
         ]
         results = list(_map(_ddr_job, jobs, workers, "synthetic DDR lesions"))

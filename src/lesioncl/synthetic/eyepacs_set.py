@@ -127,7 +127,7 @@ def plan_eyepacs(
 
 
 def _eyepacs_job(args) -> tuple[dict, list[dict]]:
-    record, seed, min_height, max_height, folder, texture, lesion_scale = args
+    record, seed, min_height, max_height, folder, texture, lesion_scale, small_vessels = args
     record = EyepacsRecord(**record)
     path = Path(folder) / record.split / f"{record.image}.jpeg"
     geom_fn = lambda rng: eyepacs_geometry(rng, min_height, max_height, record.eye)  # noqa: E731
@@ -158,6 +158,7 @@ def _eyepacs_job(args) -> tuple[dict, list[dict]]:
         rich=False,
         texture=texture,
         lesion_scale=lesion_scale,
+        small_vessels=small_vessels,
     )
     data = _jpeg(rendered.image, EYEPACS_JPEG_QUALITY)
     if record.bad == "truncated_jpeg":
@@ -196,6 +197,7 @@ class EyepacsSetSettings:
     public_fraction: float = 0.4  # test patients with Usage=Public
     texture: bool = True  # fine per-image fundus texture
     lesion_scale: float = 1.0  # every lesion's size relative to the field of view
+    small_vessels: int = 0  # thin vessel branches grown into the whole field of view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -244,7 +246,16 @@ def generate_eyepacs(
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
         jobs = [
-            (asdict(r), seed, min_height, max_height, str(tmp), texture, settings.lesion_scale)
+            (
+                asdict(r),
+                seed,
+                min_height,
+                max_height,
+                str(tmp),
+                texture,
+                settings.lesion_scale,
+                settings.small_vessels,
+            )
             for r in records
         ]
         for row, boxes in _map(_eyepacs_job, jobs, workers, "synthetic EyePACS"):

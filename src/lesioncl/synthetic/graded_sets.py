@@ -52,6 +52,7 @@ class GradedSetSettings:
     quirks: bool = True  # each layout's known quirks (module docstring)
     texture: bool = True
     lesion_scale: float = 1.0
+    small_vessels: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -94,6 +95,7 @@ def _image_job(args) -> None:
         rich=False,
         texture=s.texture,
         lesion_scale=s.lesion_scale,
+        small_vessels=s.small_vessels,
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "png":

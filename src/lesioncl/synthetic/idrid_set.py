@@ -65,7 +65,7 @@ def idrid_paths(root: str | os.PathLike, split: str, number: int) -> tuple[Path,
 
 
 def _idrid_job(args) -> dict:
-    number, split, grade, seed, height, folder, texture, lesion_scale = args
+    number, split, grade, seed, height, folder, texture, lesion_scale, small_vessels = args
     eye = "right" if _rng(seed, _IDRID, _PLAN, number).random() < 0.5 else "left"
     rendered = _draw(
         seed,
@@ -76,6 +76,7 @@ def _idrid_job(args) -> dict:
         rich=True,
         texture=texture,
         lesion_scale=lesion_scale,
+        small_vessels=small_vessels,
     )
     image_path, mask_paths = idrid_paths(folder, split, number)
     image_path.write_bytes(_jpeg(rendered.image, IDRID_JPEG_QUALITY))
@@ -107,6 +108,7 @@ class IdridSetSettings:
     grade_distribution: tuple[float, ...] = DEFAULT_IDRID_GRADES  # grades 0..4
     texture: bool = True  # fine per-image fundus texture
     lesion_scale: float = 1.0  # every lesion's size relative to the field of view
+    small_vessels: int = 0  # thin vessel branches grown into the whole field of view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grade_distribution", tuple(self.grade_distribution))
@@ -165,6 +167,7 @@ def generate_idrid(
                 str(tmp),
                 texture,
                 settings.lesion_scale,
+                settings.small_vessels,
             )
             for i, g in enumerate(grades)
         ]

@@ -59,6 +59,7 @@ def render_fundus(
     spread_haemorrhages: bool = False,
     texture: bool = True,
     lesion_scale: float = 1.0,
+    small_vessels: int = 0,
 ) -> Rendered:
     """Draw one fundus photograph with the given lesions.
 
@@ -67,6 +68,8 @@ def render_fundus(
     per-image texture (:data:`FINE_TEXTURE`); its draws come last from ``look_rng``,
     so the rest of an image's look is the same either way. ``lesion_scale`` multiplies
     every lesion's size relative to the field of view (1: :data:`SIZES_AT_512`).
+    ``small_vessels``: thin branches grown from the vessel trees into the whole field of
+    view (:func:`~lesioncl.synthetic.anatomy._draw_vessels`; 0: the arcades alone).
     """
     H, W = geom.height, geom.width
     s = geom.scale
@@ -86,7 +89,7 @@ def render_fundus(
     albedo = lum[..., None] * base
 
     disc_mask = _paint_disc(look_rng, geom, albedo)
-    veins, arteries = _draw_vessels(look_rng, geom)
+    veins, arteries = _draw_vessels(look_rng, geom, small_vessels)
     contrast = look_rng.uniform(0.7, 1.0)
     dark = np.stack([veins, arteries], axis=-1) @ (
         np.float32(contrast) * np.stack([_VEIN, _ARTERY])

@@ -119,6 +119,9 @@ SETTINGS_SOURCES = {
     "lesioncl.lesions.controls:RandomIndexSettings": {
         "border_margin": "lesion_index.border_margin", "size": "crop.size", "seed": "seed",
     },
+    "lesioncl.lesions.controls:SalientIndexSettings": {
+        "border_margin": "lesion_index.border_margin", "size": "crop.size", "seed": "seed",
+    },
     "lesioncl.lesions.sources:QualitySettings": {
         "window": "pretrain.patch_size", "size": "crop.size", "seed": "seed",
     },
@@ -208,6 +211,7 @@ RULE_SETTINGS = {
     "lesions_predict": ("lesioncl.lesions:PredictSettings", "settings"),
     "lesions_index": ("lesioncl.lesions:IndexSettings", "settings"),
     "lesions_truth_index": ("lesioncl.lesions.controls:TruthIndexSettings", "settings"),
+    "lesions_salient_index": ("lesioncl.lesions.controls:SalientIndexSettings", "settings"),
     "lesions_random_index": ("lesioncl.lesions.controls:RandomIndexSettings", "settings"),
     "lesions_quality": ("lesioncl.lesions.sources:QualitySettings", "settings"),
     "eval_features": ("lesioncl.evaluation.features:FeatureSettings", "settings"),

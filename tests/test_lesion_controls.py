@@ -9,10 +9,13 @@ import pytest
 
 from lesioncl.lesions.controls import (
     RandomIndexSettings,
+    SalientIndexSettings,
     TruthIndexSettings,
     fov_mask,
     place_boxes,
     random_index,
+    salient_index,
+    salient_places,
     truth_boxes,
     truth_index,
 )
@@ -107,6 +110,59 @@ def test_random_index_is_uniform_over_the_field_of_view_and_seeded():
     assert other != out
     with pytest.raises(ValueError, match="not in the train crop cache"):
         random_index({"train": {"zz.jpeg": [(1, 1, 2, 2)]}}, {"train": (images, rows)}, settings)
+
+
+def _dotted_crop(size=256):
+    """A flat disc with three dark dots of decreasing contrast and a faint one."""
+    image = _disc_crop(size, radius=120)
+    for (x, y), depth in [((80, 90), 80), ((170, 150), 60), ((120, 190), 40), ((150, 70), 6)]:
+        image[y - 2 : y + 3, x - 2 : x + 3] = (180 - depth, 90 - depth, 40)
+    return image
+
+
+def test_salient_places_are_the_contrasted_structures_strongest_first():
+    centres, response = salient_places(_dotted_crop(), 256)
+    assert [tuple(c) for c in centres[:3]] == [(80, 90), (170, 150), (120, 190)]
+    assert np.all(np.diff(response) <= 0)
+    # never on the field of view's edge (the strongest contrast of a crop)
+    assert np.all(np.hypot(*(centres - 128).T) < 120 - 12)
+    # the filter scales with the crop: the same picture at 512 px, the same places
+    big = np.repeat(np.repeat(_dotted_crop(), 2, axis=0), 2, axis=1)
+    centres2, _ = salient_places(big, 512)
+    assert np.allclose(centres2[:3] // 2, centres[:3], atol=1)
+
+
+def test_salient_index_keeps_sizes_places_boxes_on_structures_and_is_seeded():
+    images = np.stack([_dotted_crop(), _disc_crop(256, radius=120)])
+    rows = pd.DataFrame({"image": ["a", "b"], "level": [2, 0], "split": ["train", "train"]})
+    index = {"train": {"a.jpeg": [(0, 0, 10, 6), (0, 0, 4, 4), (0, 0, 20, 20)],
+                       "b.jpeg": [(1, 1, 9, 9)]},
+             "val": {}}
+    settings = SalientIndexSettings(border_margin=5, size=256, seed=3)
+    out = salient_index(index, {"train": (images, rows)}, settings)
+    boxes = out["train"]["a.jpeg"]
+    assert sorted((round(x2 - x1), round(y2 - y1)) for x1, y1, x2, y2 in boxes) == [
+        (4, 4), (10, 6), (20, 20)
+    ]
+    centres = sorted(((x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5) for x1, y1, x2, y2 in boxes)
+    assert centres == [(80, 90), (120, 190), (170, 150)]
+    # a flat image has no contrasted structure: its boxes find no place and it leaves the index
+    assert "b.jpeg" not in out["train"]
+    assert out == salient_index(index, {"train": (images, rows)}, settings)
+    # the seed decides which size goes to which place, never the places
+    runs = [salient_index(index, {"train": (images, rows)}, SalientIndexSettings(5, 256, seed=k))
+            for k in range(8)]
+    assert {tuple(sorted(map(tuple, r["train"]["a.jpeg"]))) for r in runs} != {tuple(sorted(boxes))}
+    for r in runs:
+        assert sorted(((x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5) for x1, y1, x2, y2 in
+                      r["train"]["a.jpeg"]) == centres
+    # no centre near a box to avoid (the synthetic truth, in experiments)
+    avoid = {"train": {"a": np.array([[78.0, 88.0, 83.0, 93.0]])}}
+    off = salient_index(index, {"train": (images, rows)}, settings, avoid)
+    off_centres = [((x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5) for x1, y1, x2, y2 in off["train"]["a.jpeg"]]
+    assert (80, 90) not in off_centres and (150, 70) in off_centres
+    with pytest.raises(ValueError, match="not in the train crop cache"):
+        salient_index({"train": {"zz.jpeg": [(1, 1, 2, 2)]}}, {"train": (images, rows)}, settings)
 
 
 def test_index_quality_counts_hits_recall_grades_and_window_chance():

@@ -240,6 +240,45 @@ def test_lesion_index_quality_against_the_generator(demo):
     assert (demo / "results/lesions/quality.png").stat().st_size > 0
 
 
+def test_the_salient_window_control_builds_from_the_demo(demo, tmp_path):
+    """Rule lesions_salient_index (evaluation.controls: lesion_cl_salient) on the demo's
+    index: the detector's images and box sizes, centred on contrasted structures, which
+    include the lesions: its boxes hit a true lesion far more often than random ones."""
+    work = tmp_path / "salient"
+    shutil.copytree(demo, work, symlinks=True,
+                    ignore=lambda folder, names: [n for n in names if n in ("pretrain", "locks")])
+    target = "results/lesions/salient/lesion_index.pkl"
+    run_snakemake(work, "--cores", "1", target, configfile=REPO / "config/config.yaml")
+    salient = pickle.loads((work / target).read_bytes())
+    detector = pickle.loads((demo / "results/lesions/lesion_index.pkl").read_bytes())
+    for split in ("train", "val"):
+        assert set(salient[split]) <= set(detector[split])
+        assert len(salient[split]) >= 0.9 * len(detector[split])
+        for name, boxes in salient[split].items():
+            sizes = sorted((round(x2 - x1, 1), round(y2 - y1, 1)) for x1, y1, x2, y2 in boxes)
+            own = sorted((round(x2 - x1, 1), round(y2 - y1, 1)) for x1, y1, x2, y2 in detector[split][name])
+            assert len(sizes) <= len(own) and all(size in own for size in sizes), name
+    from lesioncl.lesions.controls import read_truth_lesions, truth_boxes
+    from lesioncl.pretrain.data import image_key
+
+    truth = truth_boxes(read_truth_lesions(demo / "results/synthetic/eyepacs_lesions.csv"),
+                        pd.read_csv(demo / "results/eyepacs/crop_manifest.csv", dtype={"image": str}),
+                        CONFIG["crop"]["size"])
+    truth = truth[truth["split"] == "train"]
+    by_image = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(float) for k, g in truth.groupby("image")}
+    hits = total = 0
+    for name, boxes in salient["train"].items():
+        t = by_image.get(image_key(name))
+        for x1, y1, x2, y2 in boxes:
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            total += 1
+            hits += t is not None and bool(((t[:, 0] - 1 <= cx) & (cx <= t[:, 2] + 1)
+                                            & (t[:, 1] - 1 <= cy) & (cy <= t[:, 3] + 1)).any())
+    quality = json.loads((demo / "results/lesions/quality.json").read_text())
+    random_precision = quality["random"]["splits"]["train"]["precision"]
+    assert hits / total > random_precision + 0.1, (hits / total, random_precision)
+
+
 def test_the_papers_comparison_holds_at_the_demo_seed(demo):
     """The paper's claim in miniature, where the grade is carried by the lesions: frozen
     lesion-based CL features grade better than whole-image SimCLR at the paper's scale,

@@ -113,16 +113,32 @@ def _build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
         return controls.random_index(
             detector(), _crops(demo), controls.RandomIndexSettings(li["border_margin"], size, seed)
         )
+    if variant in ("salient", "salient_off_lesions"):
+        # the detector's box counts and sizes at the most contrasted places (a detector
+        # that knows nothing of lesions); "_off_lesions": none centred on a true lesion
+        avoid = None
+        if variant == "salient_off_lesions":
+            t = _truth(demo, cfg)
+            avoid = {
+                split: {
+                    k: g[["x1", "y1", "x2", "y2"]].to_numpy(float) for k, g in ts.groupby("image")
+                }
+                for split, ts in t.groupby("split")
+            }
+        settings = controls.SalientIndexSettings(li["border_margin"], size, seed)
+        return controls.salient_index(detector(), _crops(demo), settings, avoid)
     if variant.startswith("truth"):
+        # "_healthy": the images without a box of the chosen kinds get random windows
+        base = variant.removesuffix("_healthy")
         kinds = controls.DETECTOR_KINDS
-        if variant == "truth_no_ma":
+        if base == "truth_no_ma":
             kinds = tuple(k for k in kinds if k != "microaneurysm")
-        if variant == "truth_all":
+        if base == "truth_all":
             kinds = (*kinds, "neovascularisation", "preretinal_haemorrhage")
         settings = controls.TruthIndexSettings(kinds, li["max_box_size"], li["border_margin"], size)
         index, _ = controls.truth_index(_truth(demo, cfg), settings)
-        if variant == "truth_healthy":
-            # lesion-free images get random windows, as many and as large as the detector's
+        if variant.endswith("_healthy"):
+            # the other images get random windows, as many and as large as the detector's
             crops = _crops(demo)
             for split, images in detector().items():
                 healthy = {k: v for k, v in images.items() if k not in index[split]}

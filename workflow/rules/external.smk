@@ -25,7 +25,11 @@ _SYN_EXTERNAL = dict(
             "seed": config["seed"],
             "texture": _SYN["texture"],
             "lesion_scale": _SYN["lesion_scale"],
-            **({"small_vessels": _SYN["small_vessels"]} if _SYN["small_vessels"] else {}),
+            **(
+                {"small_vessels": _SYN["small_vessels"]}
+                if _SYN["small_vessels"]
+                else {}
+            ),
             **_SYN["external"],
         }.items()
     )

@@ -88,8 +88,10 @@ rule lesions_index:
 
 # The window sources beside the detector's index (lesioncl.lesions.controls,
 # docs/window-sources.md): the random-window control (same images, box counts and sizes,
-# uniform places in the field of view) and, on synthetic data, the generator's true boxes.
-# Each feeds its own lesion-based pretraining (lesion_cl_random, lesion_cl_truth).
+# uniform places in the field of view), the salient-window control (same images and box
+# sizes, centred on each image's most contrasted small structures: a detector that knows
+# nothing of lesions) and, on synthetic data, the generator's true boxes. Each feeds its
+# own lesion-based pretraining (lesion_cl_random, lesion_cl_salient, lesion_cl_truth).
 _TRUTH_LESIONS = f"{RESULTS}/synthetic/eyepacs_lesions.csv"
 
 
@@ -118,6 +120,33 @@ rule lesions_random_index:
         ENV_TORCH
     script:
         "../scripts/lesions_random_index.py"
+
+
+rule lesions_salient_index:
+    input:
+        **CROP_CACHE["train"],
+        **CROP_CACHE["val"],
+        index=f"{RESULTS}/lesions/lesion_index.pkl",
+    output:
+        pkl=f"{RESULTS}/lesions/salient/lesion_index.pkl",
+        json=f"{RESULTS}/lesions/salient/lesion_index.json",
+    params:
+        settings=dict(
+            border_margin=_LI["border_margin"],
+            size=config["crop"]["size"],
+            seed=config["seed"],
+        ),
+    log:
+        f"{LOGS}/lesions_salient_index/lesions_salient_index.log",
+    priority: PATH_TO_PRETRAINING
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/lesions_salient_index.py"
 
 
 rule lesions_truth_index:

@@ -1,7 +1,8 @@
 # Contrastive pretraining (docs/method.md "Lesion-based contrastive pretraining").
 #   pretrain_lesion   cache + lesion index -> results/pretrain/lesion_cl/ (the paper); the
-#                     same on the index's random-window control -> lesion_cl_random/ and,
-#                     on synthetic data, on the generator's true boxes -> lesion_cl_truth/
+#                     same on the index's random-window control -> lesion_cl_random/, its
+#                     salient-window control -> lesion_cl_salient/ and, on synthetic
+#                     data, on the generator's true boxes -> lesion_cl_truth/
 #   pretrain_simclr   cache -> results/pretrain/simclr_{size}/ (whole-image baseline)
 # Outputs per method: backbone.pth (torchvision state_dict without fc), final.pt (full
 # training state), history.csv and loss_curve.png. TensorBoard logs: tb/.
@@ -71,6 +72,7 @@ LESION_SOURCES = dict(
             f"{RESULTS}/lesions/lesion_index.pkl",
             f"{RESULTS}/lesions/random/lesion_index.pkl",
             f"{RESULTS}/lesions/truth/lesion_index.pkl",
+            f"{RESULTS}/lesions/salient/lesion_index.pkl",
         ],
     )
 )

@@ -15,7 +15,11 @@ _SYN_SETTINGS = {
                 "texture": _SYN["texture"],
                 "lesion_scale": _SYN["lesion_scale"],
                 # only when drawn: the images of earlier releases keep their params
-                **({"small_vessels": _SYN["small_vessels"]} if _SYN["small_vessels"] else {}),
+                **(
+                    {"small_vessels": _SYN["small_vessels"]}
+                    if _SYN["small_vessels"]
+                    else {}
+                ),
                 **_SYN[name],
             }.items()
         )

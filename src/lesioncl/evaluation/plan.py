@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from lesioncl.evaluation.fractions import fraction_tag
 
 #: Lesion-based CL on each window source (rule ``pretrain_lesion``): the detector's index
-#: (the paper), its random-window control and, on synthetic data, the generator's true boxes.
-LESION_METHODS = ("lesion_cl", "lesion_cl_random", "lesion_cl_truth")
+#: (the paper), its random-window control, on synthetic data the generator's true boxes, and
+#: its salient-window control.
+LESION_METHODS = ("lesion_cl", "lesion_cl_random", "lesion_cl_truth", "lesion_cl_salient")
 #: Methods named without a size or a weights file.
 BUILTIN_METHODS = (*LESION_METHODS, "random", "imagenet")
 _SIMCLR = re.compile(r"simclr_(\d+)")

@@ -238,6 +238,132 @@ def random_index(
     return validate_index(out, source="the random-window index", size=settings.size)
 
 
+@dataclass(frozen=True)
+class SalientIndexSettings:
+    """What decides the salient-window control (rule ``lesions_salient_index``)."""
+
+    border_margin: float = 5  # boxes stay inside (margin, size - margin), as the index
+    size: int = 512  # the side of the square crops (config ``crop.size``)
+    seed: int = 0  # the workflow's seed: which box size goes to which place
+
+
+#: The salient-window control's contrast filter at a 256-px crop (it scales with the crop):
+#: the difference of Gaussians of these sigmas (px), and the least distance between centres.
+SALIENT_SIGMAS = (1.0, 3.0)
+SALIENT_SPACING = 12
+#: ... and the least response (grey levels) of a structure: a flat image has none.
+SALIENT_MIN_CONTRAST = 1.0
+
+
+def salient_places(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The centres (x, y) of a crop's contrasted small structures, strongest first.
+
+    The local maxima (``SALIENT_SPACING`` px apart at least) of the absolute difference of
+    Gaussians (``SALIENT_SIGMAS``) of the green channel, inside the field of view and as
+    far from its edge; sizes are those of a 256-px crop, scaled to ``size``. Returns
+    (centres (n, 2), responses).
+    """
+    import cv2
+
+    scale = size / 256
+    green = np.asarray(image)[..., 1].astype(np.float32)
+    fine, coarse = (cv2.GaussianBlur(green, (0, 0), s * scale) for s in SALIENT_SIGMAS)
+    dog = np.abs(fine - coarse).astype(np.float64)
+    # ties broken by position, so that a plateau has one maximum and maxima are spaced
+    dog += np.arange(dog.size, dtype=np.float64).reshape(dog.shape) * (1e-6 / dog.size)
+    spacing = max(1, round(SALIENT_SPACING * scale))
+    kernel = np.ones((2 * spacing + 1,) * 2, np.uint8)
+    peaks = (dog == cv2.dilate(dog, kernel)) & (dog >= SALIENT_MIN_CONTRAST)
+    # away from the field of view's edge, whose contrast is the strongest of all
+    peaks &= cv2.erode(fov_mask(image).astype(np.uint8), kernel) > 0
+    ys, xs = np.nonzero(peaks)
+    order = np.argsort(-dog[ys, xs], kind="stable")
+    return np.stack([xs[order], ys[order]], axis=1).astype(float), dog[ys, xs][order]
+
+
+def salient_index(
+    index: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
+    crops: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
+    settings: SalientIndexSettings,
+    avoid: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, dict[str, list[tuple[float, float, float, float]]]]:
+    """The salient-window control of ``index``: same images, same box count and sizes, each
+    box centred on one of the image's most contrasted small structures (vessel crossings and
+    branches, the disc's rim, texture, and lesions: a detector that knows nothing of
+    lesions; :func:`salient_places`), the strongest first, each place used once.
+
+    A box goes to the strongest free place where it lies inside the field of view and
+    inside ``(border_margin, size - border_margin)``; an image with fewer such places than
+    boxes keeps fewer boxes. ``avoid`` (``{split: {image_key: boxes (n, 4)}}``, e.g. the
+    generator's true lesions): no centre within 4 px of these boxes (experiments).
+    """
+    out: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {s: {} for s in SPLITS}
+    short = 0
+    for split, images in index.items():
+        if not images:
+            continue
+        if split not in crops:
+            raise ValueError(f"no crop cache for the {split!r} split of the lesion index")
+        array, rows = crops[split]
+        if array.shape[1] != settings.size:
+            raise ValueError(
+                f"the {split} crop cache holds {array.shape[1]}-px crops, the index "
+                f"{settings.size}-px ones; rerun crop_cache"
+            )
+        row_of = {image_key(str(n)): i for i, n in enumerate(rows["image"])}
+        for name, boxes in images.items():
+            key = image_key(name)
+            if key not in row_of:
+                raise ValueError(
+                    f"image {name} of the lesion index is not in the {split} crop cache; the "
+                    "index and the cache come from different crops – rerun lesions_index"
+                )
+            image = np.asarray(array[row_of[key]])
+            mask = fov_mask(image)
+            centres, _ = salient_places(image, settings.size)
+            far = (avoid or {}).get(split, {}).get(key)
+            if far is not None and len(far) and len(centres):
+                b = np.asarray(far, dtype=float).reshape(-1, 4)
+                x, y = centres[:, :1], centres[:, 1:]
+                near = (x >= b[:, 0] - 4) & (x <= b[:, 2] + 4) & (y >= b[:, 1] - 4)
+                near &= y <= b[:, 3] + 4
+                centres = centres[~near.any(axis=1)]
+            sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
+            image_rng(settings.seed, name).shuffle(sizes)
+            placed = _place_at(sizes, centres, mask, settings.border_margin)
+            short += len(sizes) - len(placed)
+            if placed:
+                out[split][name] = placed
+    if short:
+        log.info("salient-window control: %d boxes found no free contrasted place", short)
+    return validate_index(out, source="the salient-window index", size=settings.size)
+
+
+def _place_at(
+    sizes: Sequence[tuple[float, float]], centres: np.ndarray, mask: np.ndarray, margin: float
+) -> list[tuple[float, float, float, float]]:
+    """Each box at the first free centre where it fits (inside the margins, its four
+    corners in ``mask``); a box that fits nowhere is left out."""
+    h, w = mask.shape
+    free = np.ones(len(centres), bool)
+    out = []
+    for bw, bh in sizes:
+        for i in np.flatnonzero(free):
+            cx, cy = centres[i] + 0.5  # the pixel's centre
+            x1, y1, x2, y2 = (
+                round(float(v), ROUND_DECIMALS)
+                for v in (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+            )
+            if min(x1, y1) <= margin or x2 >= w - margin or y2 >= h - margin:
+                continue
+            corners = [(x1, y1), (x2, y1), (x1, y2), (x2, y2)]
+            if all(mask[min(int(y), h - 1), min(int(x), w - 1)] for x, y in corners):
+                out.append((x1, y1, x2, y2))
+                free[i] = False
+                break
+    return out
+
+
 def read_truth_lesions(path: str | os.PathLike) -> pd.DataFrame:
     """The generator's lesion table (``eyepacs_lesions.csv``), its columns checked."""
     table = pd.read_csv(path, dtype={"image": str, "kind": str})

@@ -1,6 +1,7 @@
 """The rules' entry points for the window sources and the index quality (files in, files out).
 
 * :func:`build_random_index` – rule ``lesions_random_index``;
+* :func:`build_salient_index` – rule ``lesions_salient_index``;
 * :func:`build_truth_index` – rule ``lesions_truth_index`` (synthetic data);
 * :func:`write_index_quality` – rule ``lesions_quality`` (synthetic data): the detector's
   index and its random control against the generator's boxes, as JSON and a figure.
@@ -18,9 +19,11 @@ import pandas as pd
 from lesioncl.crop.cache import open_crop_cache
 from lesioncl.lesions.controls import (
     RandomIndexSettings,
+    SalientIndexSettings,
     TruthIndexSettings,
     random_index,
     read_truth_lesions,
+    salient_index,
     truth_boxes,
     truth_index,
 )
@@ -62,6 +65,22 @@ def build_random_index(
     write_lesion_index(out, out_pkl, out_json)
     counts = _count(out)
     log.info("random-window control of %s: %s (same boxes, uniform places)", index_pkl, counts)
+    return counts
+
+
+def build_salient_index(
+    index_pkl, train_npy, val_npy, *, out_pkl, out_json, settings: SalientIndexSettings
+) -> dict:
+    """The salient-window control of the detector's index, written like the index."""
+    index = load_lesion_index(index_pkl, size=settings.size)
+    out = salient_index(index, _crops(train_npy, val_npy), settings)
+    write_lesion_index(out, out_pkl, out_json)
+    counts = _count(out)
+    log.info(
+        "salient-window control of %s: %s (same box sizes, the most contrasted places)",
+        index_pkl,
+        counts,
+    )
     return counts
 
 

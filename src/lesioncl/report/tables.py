@@ -220,6 +220,8 @@ METHOD_NOTES = {
     "lesion_cl_random": "control: the same boxes, counts and sizes, at random places in the "
     "field of view",
     "lesion_cl_truth": "oracle: windows around the synthetic generator's true lesions",
+    "lesion_cl_salient": "control: the same boxes centred on each image's most contrasted small "
+    "structures (no lesion detector)",
     "random": "random initialisation, no pretraining",
     "imagenet": "torchvision's ImageNet weights",
 }

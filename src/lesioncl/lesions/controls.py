@@ -210,17 +210,33 @@ def random_index(
     :func:`lesioncl.crop.cache.open_crop_cache` returns it.
     """
     out: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {s: {} for s in SPLITS}
+    out.update({split: {} for split in index})
+    for split, name, boxes, image in _indexed_crops(index, crops, settings.size):
+        sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
+        out[split][name] = place_boxes(
+            sizes, fov_mask(image), image_rng(settings.seed, name), settings.border_margin
+        )
+    return validate_index(out, source="the random-window index", size=settings.size)
+
+
+def _indexed_crops(
+    index: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
+    crops: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
+    size: int,
+):
+    """(split, image name, its boxes, its crop) for every image of ``index``, the crop read
+    from ``crops`` (a split's cache as :func:`lesioncl.crop.cache.open_crop_cache` returns
+    it); an image or a split without its crops, or crops of another size: an error."""
     for split, images in index.items():
         if not images:
-            out[split] = {}
             continue
         if split not in crops:
             raise ValueError(f"no crop cache for the {split!r} split of the lesion index")
         array, rows = crops[split]
-        if array.shape[1] != settings.size:
+        if array.shape[1] != size:
             raise ValueError(
                 f"the {split} crop cache holds {array.shape[1]}-px crops, the index "
-                f"{settings.size}-px ones; rerun crop_cache"
+                f"{size}-px ones; rerun crop_cache"
             )
         row_of = {image_key(str(n)): i for i, n in enumerate(rows["image"])}
         for name, boxes in images.items():
@@ -230,12 +246,7 @@ def random_index(
                     f"image {name} of the lesion index is not in the {split} crop cache; the "
                     "index and the cache come from different crops – rerun lesions_index"
                 )
-            sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
-            mask = fov_mask(array[row_of[key]])
-            out[split][name] = place_boxes(
-                sizes, mask, image_rng(settings.seed, name), settings.border_margin
-            )
-    return validate_index(out, source="the random-window index", size=settings.size)
+            yield split, name, boxes, np.asarray(array[row_of[key]])
 
 
 @dataclass(frozen=True)
@@ -299,41 +310,21 @@ def salient_index(
     """
     out: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {s: {} for s in SPLITS}
     short = 0
-    for split, images in index.items():
-        if not images:
-            continue
-        if split not in crops:
-            raise ValueError(f"no crop cache for the {split!r} split of the lesion index")
-        array, rows = crops[split]
-        if array.shape[1] != settings.size:
-            raise ValueError(
-                f"the {split} crop cache holds {array.shape[1]}-px crops, the index "
-                f"{settings.size}-px ones; rerun crop_cache"
-            )
-        row_of = {image_key(str(n)): i for i, n in enumerate(rows["image"])}
-        for name, boxes in images.items():
-            key = image_key(name)
-            if key not in row_of:
-                raise ValueError(
-                    f"image {name} of the lesion index is not in the {split} crop cache; the "
-                    "index and the cache come from different crops – rerun lesions_index"
-                )
-            image = np.asarray(array[row_of[key]])
-            mask = fov_mask(image)
-            centres, _ = salient_places(image, settings.size)
-            far = (avoid or {}).get(split, {}).get(key)
-            if far is not None and len(far) and len(centres):
-                b = np.asarray(far, dtype=float).reshape(-1, 4)
-                x, y = centres[:, :1], centres[:, 1:]
-                near = (x >= b[:, 0] - 4) & (x <= b[:, 2] + 4) & (y >= b[:, 1] - 4)
-                near &= y <= b[:, 3] + 4
-                centres = centres[~near.any(axis=1)]
-            sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
-            image_rng(settings.seed, name).shuffle(sizes)
-            placed = _place_at(sizes, centres, mask, settings.border_margin)
-            short += len(sizes) - len(placed)
-            if placed:
-                out[split][name] = placed
+    for split, name, boxes, image in _indexed_crops(index, crops, settings.size):
+        centres, _ = salient_places(image, settings.size)
+        far = (avoid or {}).get(split, {}).get(image_key(name))
+        if far is not None and len(far) and len(centres):
+            b = np.asarray(far, dtype=float).reshape(-1, 4)
+            x, y = centres[:, :1], centres[:, 1:]
+            near = (x >= b[:, 0] - 4) & (x <= b[:, 2] + 4) & (y >= b[:, 1] - 4)
+            near &= y <= b[:, 3] + 4
+            centres = centres[~near.any(axis=1)]
+        sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
+        image_rng(settings.seed, name).shuffle(sizes)
+        placed = _place_at(sizes, centres, fov_mask(image), settings.border_margin)
+        short += len(sizes) - len(placed)
+        if placed:
+            out[split][name] = placed
     if short:
         log.info("salient-window control: %d boxes found no free contrasted place", short)
     return validate_index(out, source="the salient-window index", size=settings.size)

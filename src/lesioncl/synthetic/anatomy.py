@@ -33,6 +33,19 @@ def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
     return noise
 
 
+def _segment(canvas: np.ndarray, x: float, y: float, nx: float, ny: float, width: float) -> None:
+    """One anti-aliased vessel segment (1/8-px coordinates); thinner than 1 px: fainter."""
+    cv2.line(
+        canvas,
+        (round(x * 8), round(y * 8)),
+        (round(nx * 8), round(ny * 8)),
+        int(255 * min(1.0, width)),
+        max(1, round(width)),
+        cv2.LINE_AA,
+        3,
+    )
+
+
 def _draw_vessels(
     rng: np.random.Generator, g: Geometry, small_vessels: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,15 +91,7 @@ def _draw_vessels(
                 ny = y + step * math.sin(theta)
                 if math.hypot(nx - g.cx, ny - g.cy) > 0.99 * g.radius:
                     break
-                cv2.line(
-                    canvas,
-                    (round(x * 8), round(y * 8)),
-                    (round(nx * 8), round(ny * 8)),
-                    int(255 * min(1.0, width)),
-                    max(1, round(width)),
-                    cv2.LINE_AA,
-                    3,
-                )
+                _segment(canvas, x, y, nx, ny, width)
                 x, y = nx, ny
                 travelled += step
                 width *= 1 - step / (2.5 * g.radius)
@@ -156,15 +161,7 @@ def _grow_small_vessels(
                     nx, ny = x + step * math.cos(theta), y + step * math.sin(theta)
                     if math.hypot(nx - g.cx, ny - g.cy) > 0.99 * g.radius:
                         break
-                    cv2.line(
-                        canvas,
-                        (round(x * 8), round(y * 8)),
-                        (round(nx * 8), round(ny * 8)),
-                        int(255 * min(1.0, width)),
-                        max(1, round(width)),
-                        cv2.LINE_AA,
-                        3,
-                    )
+                    _segment(canvas, x, y, nx, ny, width)
                     x, y = nx, ny
                     width *= 0.985
                     if not forked and rng.random() < 0.04:

@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -255,9 +256,10 @@ def test_the_salient_window_control_builds_from_the_demo(demo, tmp_path):
         assert set(salient[split]) <= set(detector[split])
         assert len(salient[split]) >= 0.9 * len(detector[split])
         for name, boxes in salient[split].items():
-            sizes = sorted((round(x2 - x1, 1), round(y2 - y1, 1)) for x1, y1, x2, y2 in boxes)
-            own = sorted((round(x2 - x1, 1), round(y2 - y1, 1)) for x1, y1, x2, y2 in detector[split][name])
-            assert len(sizes) <= len(own) and all(size in own for size in sizes), name
+            own = np.array([(x2 - x1, y2 - y1) for x1, y1, x2, y2 in detector[split][name]])
+            assert len(boxes) <= len(own), name
+            for x1, y1, x2, y2 in boxes:  # the detector's sizes (corners rounded to 0.1 px)
+                assert (np.abs(own - (x2 - x1, y2 - y1)).max(axis=1) <= 0.11).any(), name
     from lesioncl.lesions.controls import read_truth_lesions, truth_boxes
     from lesioncl.pretrain.data import image_key
 

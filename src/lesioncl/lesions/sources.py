@@ -60,27 +60,28 @@ def build_random_index(
     index_pkl, train_npy, val_npy, *, out_pkl, out_json, settings: RandomIndexSettings
 ) -> dict:
     """The random-window control of the detector's index, written like the index."""
-    index = load_lesion_index(index_pkl, size=settings.size)
-    out = random_index(index, _crops(train_npy, val_npy), settings)
-    write_lesion_index(out, out_pkl, out_json)
-    counts = _count(out)
-    log.info("random-window control of %s: %s (same boxes, uniform places)", index_pkl, counts)
-    return counts
+    return _build_control(
+        random_index, "random-window control (same boxes, uniform places)",
+        index_pkl, train_npy, val_npy, out_pkl, out_json, settings,
+    )  # fmt: skip
 
 
 def build_salient_index(
     index_pkl, train_npy, val_npy, *, out_pkl, out_json, settings: SalientIndexSettings
 ) -> dict:
     """The salient-window control of the detector's index, written like the index."""
+    return _build_control(
+        salient_index, "salient-window control (same box sizes, the most contrasted places)",
+        index_pkl, train_npy, val_npy, out_pkl, out_json, settings,
+    )  # fmt: skip
+
+
+def _build_control(build, what, index_pkl, train_npy, val_npy, out_pkl, out_json, settings):
     index = load_lesion_index(index_pkl, size=settings.size)
-    out = salient_index(index, _crops(train_npy, val_npy), settings)
+    out = build(index, _crops(train_npy, val_npy), settings)
     write_lesion_index(out, out_pkl, out_json)
     counts = _count(out)
-    log.info(
-        "salient-window control of %s: %s (same box sizes, the most contrasted places)",
-        index_pkl,
-        counts,
-    )
+    log.info("%s of %s: %s", what, index_pkl, counts)
     return counts
 
 

@@ -151,6 +151,23 @@ def _by_kind(table: pd.DataFrame) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- random windows
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+
+
+def _inside(points: np.ndarray, boxes: np.ndarray, grow: float = 0.0) -> np.ndarray:
+    """(P, B) bool: point p inside box b grown by ``grow`` px on each side."""
+    if len(points) == 0 or len(boxes) == 0:
+        return np.zeros((len(points), len(boxes)), dtype=bool)
+    x, y = points[:, 0:1], points[:, 1:2]
+    return (
+        (x >= boxes[None, :, 0] - grow)
+        & (x <= boxes[None, :, 2] + grow)
+        & (y >= boxes[None, :, 1] - grow)
+        & (y <= boxes[None, :, 3] + grow)
+    )
+
+
 def fov_mask(image: np.ndarray, threshold: int = FOV_THRESHOLD) -> np.ndarray:
     """The field of view of a crop (H, W, 3 uint8): pixels whose brightest channel > threshold."""
     return np.asarray(image).max(axis=2) > threshold
@@ -313,11 +330,8 @@ def salient_index(
     for split, name, boxes, image in _indexed_crops(index, crops, settings.size):
         centres, _ = salient_places(image, settings.size)
         far = (avoid or {}).get(split, {}).get(image_key(name))
-        if far is not None and len(far) and len(centres):
-            b = np.asarray(far, dtype=float).reshape(-1, 4)
-            x, y = centres[:, :1], centres[:, 1:]
-            near = (x >= b[:, 0] - 4) & (x <= b[:, 2] + 4) & (y >= b[:, 1] - 4)
-            near &= y <= b[:, 3] + 4
+        if far is not None:
+            near = _inside(centres, np.asarray(far, dtype=float).reshape(-1, 4), 4.0)
             centres = centres[~near.any(axis=1)]
         sizes = [(x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes]
         image_rng(settings.seed, name).shuffle(sizes)

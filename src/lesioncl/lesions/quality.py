@@ -25,29 +25,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lesioncl.lesions.controls import fov_mask, image_rng
+from lesioncl.lesions.controls import _centres, _inside, fov_mask, image_rng
 from lesioncl.lesions.fileformat import BOX_COLUMNS
 from lesioncl.pretrain.data import image_key, sample_window
 
 #: Pixels a true box is grown by on each side when a centre is tested against it.
 TOLERANCE = 1.0
-
-
-def _centres(boxes: np.ndarray) -> np.ndarray:
-    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-
-
-def _inside(points: np.ndarray, boxes: np.ndarray, grow: float = 0.0) -> np.ndarray:
-    """(P, B) bool: point p inside box b grown by ``grow`` px on each side."""
-    if len(points) == 0 or len(boxes) == 0:
-        return np.zeros((len(points), len(boxes)), dtype=bool)
-    x, y = points[:, 0:1], points[:, 1:2]
-    return (
-        (x >= boxes[None, :, 0] - grow)
-        & (x <= boxes[None, :, 2] + grow)
-        & (y >= boxes[None, :, 1] - grow)
-        & (y <= boxes[None, :, 3] + grow)
-    )
 
 
 def _random_window(mask: np.ndarray, patch: int, rng: np.random.Generator) -> tuple[int, int]:

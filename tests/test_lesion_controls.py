@@ -132,7 +132,8 @@ def test_salient_places_are_the_contrasted_structures_strongest_first():
     assert np.allclose(centres2[:3] // 2, centres[:3], atol=1)
 
 
-def test_salient_index_keeps_sizes_places_boxes_on_structures_and_is_seeded():
+def test_salient_index_keeps_sizes_places_boxes_on_structures_and_is_seeded(caplog):
+    caplog.set_level("INFO", logger="lesioncl.lesions")
     images = np.stack([_dotted_crop(), _disc_crop(256, radius=120)])
     rows = pd.DataFrame({"image": ["a", "b"], "level": [2, 0], "split": ["train", "train"]})
     index = {"train": {"a.jpeg": [(0, 0, 10, 6), (0, 0, 4, 4), (0, 0, 20, 20)],
@@ -148,6 +149,7 @@ def test_salient_index_keeps_sizes_places_boxes_on_structures_and_is_seeded():
     assert centres == [(80, 90), (120, 190), (170, 150)]
     # a flat image has no contrasted structure: its boxes find no place and it leaves the index
     assert "b.jpeg" not in out["train"]
+    assert "1 images left out" in caplog.text and "train/b.jpeg" in caplog.text  # named, not lost
     assert out == salient_index(index, {"train": (images, rows)}, settings)
     # the seed decides which size goes to which place, never the places
     runs = [salient_index(index, {"train": (images, rows)}, SalientIndexSettings(5, 256, seed=k))

@@ -326,7 +326,7 @@ def salient_index(
     generator's true lesions): no centre within 4 px of these boxes (experiments).
     """
     out: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {s: {} for s in SPLITS}
-    short = 0
+    short, left_out = 0, []
     for split, name, boxes, image in _indexed_crops(index, crops, settings.size):
         centres, _ = salient_places(image, settings.size)
         far = (avoid or {}).get(split, {}).get(image_key(name))
@@ -339,8 +339,16 @@ def salient_index(
         short += len(sizes) - len(placed)
         if placed:
             out[split][name] = placed
+        else:
+            left_out.append(f"{split}/{name}")
     if short:
-        log.info("salient-window control: %d boxes found no free contrasted place", short)
+        log.info(
+            "salient-window control: %d boxes found no free contrasted place; %d images "
+            "left out for want of any (%s)",
+            short,
+            len(left_out),
+            ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else ""),
+        )
     return validate_index(out, source="the salient-window index", size=settings.size)
 
 

@@ -260,15 +260,14 @@ def test_the_salient_window_control_builds_from_the_demo(demo, tmp_path):
             assert len(boxes) <= len(own), name
             for x1, y1, x2, y2 in boxes:  # the detector's sizes (corners rounded to 0.1 px)
                 assert (np.abs(own - (x2 - x1, y2 - y1)).max(axis=1) <= 0.11).any(), name
-    from lesioncl.lesions.controls import read_truth_lesions, truth_boxes
+    from lesioncl.lesions.controls import read_truth_lesions, truth_boxes, truth_by_image
     from lesioncl.lesions.quality import TOLERANCE, _centres, _inside
     from lesioncl.pretrain.data import image_key
 
     truth = truth_boxes(read_truth_lesions(demo / "results/synthetic/eyepacs_lesions.csv"),
                         pd.read_csv(demo / "results/eyepacs/crop_manifest.csv", dtype={"image": str}),
                         CONFIG["crop"]["size"])
-    truth = truth[truth["split"] == "train"]
-    by_image = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(float) for k, g in truth.groupby("image")}
+    by_image = truth_by_image(truth).get("train", {})
     hits = total = 0  # box precision as quality.json counts it (centre in a true box)
     for name, boxes in salient["train"].items():
         b = np.asarray(boxes, dtype=float)

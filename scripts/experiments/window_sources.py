@@ -53,14 +53,6 @@ def _crops(demo: Path) -> dict:
     return {s: open_crop_cache(demo / f"results/cache/crops_{s}.npy") for s in ("train", "val")}
 
 
-def truth_by_image(truth: pd.DataFrame) -> dict:
-    """``{split: {image key: true boxes (n, 4)}}`` of the generator's table."""
-    return {
-        split: {k: g[["x1", "y1", "x2", "y2"]].to_numpy(float) for k, g in ts.groupby("image")}
-        for split, ts in truth.groupby("split")
-    }
-
-
 def split_by_truth(index: dict, truth: pd.DataFrame, keep_hits: bool) -> dict:
     """The boxes of ``index`` whose centre is (``keep_hits``) or is not inside a true box,
     tested as :func:`lesioncl.lesions.quality.index_quality` counts a box's precision."""
@@ -68,7 +60,7 @@ def split_by_truth(index: dict, truth: pd.DataFrame, keep_hits: bool) -> dict:
     from lesioncl.pretrain.data import image_key
 
     out: dict = {}
-    by_split = truth_by_image(truth)
+    by_split = controls.truth_by_image(truth)
     for split, images in index.items():
         by_image = by_split.get(split, {})
         kept = {}
@@ -124,7 +116,7 @@ def _build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
     if variant in ("salient", "salient_off_lesions"):
         # the detector's box counts and sizes at the most contrasted places (a detector
         # that knows nothing of lesions); "_off_lesions": none centred on a true lesion
-        avoid = truth_by_image(_truth(demo, cfg)) if variant == "salient_off_lesions" else None
+        avoid = controls.truth_by_image(_truth(demo, cfg)) if variant == "salient_off_lesions" else None
         settings = controls.SalientIndexSettings(li["border_margin"], size, seed)
         return controls.salient_index(detector(), _crops(demo), settings, avoid)
     if variant.startswith("truth"):

@@ -105,6 +105,14 @@ def truth_boxes(lesions: pd.DataFrame, manifest: pd.DataFrame, size: int) -> pd.
     return out[inside].reset_index(drop=True)
 
 
+def truth_by_image(truth: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {image key: (n, 4) float boxes}}`` of a :func:`truth_boxes` table."""
+    return {
+        split: {k: g[BOX_COLUMNS].to_numpy(float) for k, g in ts.groupby("image")}
+        for split, ts in truth.groupby("split")
+    }
+
+
 def truth_index(
     boxes: pd.DataFrame, settings: TruthIndexSettings
 ) -> tuple[dict[str, dict[str, list[tuple[float, float, float, float]]]], dict]:

@@ -25,8 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lesioncl.lesions.controls import _centres, _inside, fov_mask, image_rng
-from lesioncl.lesions.fileformat import BOX_COLUMNS
+from lesioncl.lesions.controls import _centres, _inside, fov_mask, image_rng, truth_by_image
 from lesioncl.pretrain.data import image_key, sample_window
 
 #: Pixels a true box is grown by on each side when a centre is tested against it.
@@ -61,6 +60,7 @@ def index_quality(
     """
     kinds = sorted(truth["kind"].unique())
     out: dict = {"tolerance_px": tolerance, "window_px": patch, "splits": {}}
+    boxes_of = truth_by_image(truth)
     for split, images in index.items():
         split_levels = levels.get(split, {})
         if not split_levels:
@@ -68,7 +68,7 @@ def index_quality(
         array, rows = crops[split]
         row_of = {image_key(str(n)): i for i, n in enumerate(rows["image"])}
         t = truth[truth["split"] == split]
-        by_image = {k: g[BOX_COLUMNS].to_numpy(float) for k, g in t.groupby("image")}
+        by_image = boxes_of.get(split, {})
         kind_of = {k: g["kind"].to_numpy() for k, g in t.groupby("image")}
         n_boxes = hits = 0
         found = {k: 0 for k in kinds}

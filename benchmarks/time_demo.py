@@ -8,6 +8,12 @@ phase and the ten most expensive jobs from Snakemake's per-rule benchmark files,
 writes the same as JSON (``timing.json`` in the working directory). The environment
 must be set up first (``make setup``); its time is not counted. ``--controls`` then
 times ``make controls`` too (the controls' target, the default target again, the report).
+
+The speed of a shared machine varies (by half between runs an hour apart on the 2-core
+machine of the README's figures), so the demo is bracketed by a calibration: one
+ResNet-18 training job of ``benchmarks/bench_omp_wait.py`` (2 threads, PASSIVE, as the
+workflow runs) before and after, in steps/s, printed and written with the timings.
+``--no-calibration`` skips it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_omp_wait import run_case  # noqa: E402
+
+
+def calibrate(seconds: float = 15.0) -> float:
+    """Steps/s of one 2-thread training job as the workflow runs it (OMP PASSIVE)."""
+    return round(run_case(1, 2, seconds, "PASSIVE"), 2)
 
 
 def run(cmd: list[str], cwd: Path) -> float:
@@ -46,7 +59,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="an empty folder (default: a new temporary one)")
     parser.add_argument("--cores", default="2")
     parser.add_argument("--controls", action="store_true", help="then time `make controls`")
+    parser.add_argument("--no-calibration", action="store_true", help="no machine-speed runs")
     args = parser.parse_args()
+    speed = [] if args.no_calibration else [calibrate()]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lesioncl-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     snakemake = str(Path(sys.executable).with_name("snakemake"))
@@ -59,18 +74,24 @@ def main() -> None:
         controls += run([*base, "--cores", args.cores, "controls", *config], work)
         controls += run([*base, "--cores", args.cores, *config], work)
         controls += run([*base, "--cores", "1", "--report", str(work / "results/report.html"), *config], work)
+    if speed:
+        speed.append(calibrate())
     jobs = sorted(job_seconds(work / "results"), key=lambda j: -j[1])
     by_rule: dict[str, float] = {}
     for name, seconds in jobs:
         by_rule[name.split("/")[0]] = by_rule.get(name.split("/")[0], 0.0) + seconds
     summary = {"workdir": str(work), "cores": args.cores, "workflow_s": round(dag, 1), "report_s": round(report, 1),
-               "total_s": round(dag + report, 1), "controls_s": round(controls, 1), "rules_s": {k: round(v, 1) for k, v in
+               "total_s": round(dag + report, 1), "controls_s": round(controls, 1),
+               "calibration_steps_per_s": speed, "rules_s": {k: round(v, 1) for k, v in
                                                              sorted(by_rule.items(), key=lambda kv: -kv[1])}}
     (work / "timing.json").write_text(json.dumps(summary, indent=2))
     print(f"demo: {dag / 60:.1f} min workflow + {report / 60:.1f} min report = {(dag + report) / 60:.1f} min "
           f"on {args.cores} cores ({work})")
     if args.controls:
         print(f"controls (make controls): {controls / 60:.1f} min")
+    if speed:
+        print(f"machine speed (bench_omp_wait.py, one 2-thread job, PASSIVE): {speed[0]} steps/s "
+              f"before, {speed[1]} after")
     print("job seconds by rule (jobs run side by side, so they add up to more than the wall time):")
     for rule, seconds in summary["rules_s"].items():
         print(f"  {rule:24s} {seconds:8.1f}")

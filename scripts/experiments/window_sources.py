@@ -147,8 +147,12 @@ def _build_index(variant: str, demo: Path, cfg: dict, seed: int) -> dict | None:
 
 
 # --------------------------------------------------------------------------- one run
-def steps_per_epoch(index: dict | None, demo: Path, batch: int) -> int:
-    n = (
+def steps_per_epoch(
+    index: dict | None, demo: Path, batch: int, samples: int | None = None
+) -> int:
+    """Whole batches per epoch: of ``samples`` (pretrain.samples_per_epoch) when set,
+    else of one sample per training image, as the workflow's sampler draws them."""
+    n = samples or (
         len(index["train"])
         if index is not None
         else len(open_crop_cache(demo / "results/cache/crops_train.npy")[1])
@@ -180,7 +184,8 @@ def run_one(
     view = pt["patch_size"]
     if variant.startswith("simclr"):
         view = int(variant.split("_")[1])
-    spe = steps_per_epoch(index, demo, batch)
+    samples = pt.get("samples_per_epoch")
+    spe = steps_per_epoch(index, demo, batch, samples)
     epochs, warm, view_warm = pt["epochs"], pt["warmup_epochs"], pt["view_warmup_epochs"]
     if steps:
         scale = math.ceil(steps / spe) / epochs
@@ -204,6 +209,7 @@ def run_one(
         weight_decay=pt["weight_decay"],
         warmup_epochs=warm,
         view_warmup_epochs=view_warm,
+        samples_per_epoch=samples,
         temperature=pt["temperature"],
         proj_hidden=pt["proj_hidden"],
         proj_dim=pt["proj_dim"],

@@ -146,7 +146,9 @@ rule eval_linear:
         f"{LOGS}/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/eval_linear/{{method}}/frac{{fraction}}_seed{{seed}}.tsv"
-    threads: 2
+    # a small model on cached features: one core (two jobs run side by side on two; most
+    # of a job is starting Python and torch)
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
